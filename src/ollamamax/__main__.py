@@ -1,0 +1,3 @@
+from ollamamax.cli import main
+
+main()

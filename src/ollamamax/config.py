@@ -1,0 +1,178 @@
+"""Layered configuration: defaults < TOML file < ``OLLAMAMAX_*`` environment < CLI flags.
+
+The result is typed, validated and frozen. Environment variables name a section and a key:
+``OLLAMAMAX_GATEWAY_LISTEN=127.0.0.1:8080``, ``OLLAMAMAX_NODE_NUM_PARALLEL=2``; list values
+are comma-separated. Cross-field rules are checked at load and refused with a sentence that
+says why.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from ollamamax.errors import ConfigError
+
+ENV_PREFIX = "OLLAMAMAX_"
+
+
+def _positive(section: Any, *fields: str) -> None:
+    for name in fields:
+        if getattr(section, name) <= 0:
+            raise ValueError(f"{name} must be > 0")
+
+
+class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class GatewayConfig(_Section):
+    listen: str = "127.0.0.1:11434"
+    backends: tuple[str, ...] = ()
+    health_interval: float = 1.0  # seconds between active health checks of each node
+    health_timeout: float = 1.0
+    unhealthy_after: int = 2  # consecutive failed checks that mark a node down
+    healthy_after: int = 1  # consecutive good checks that mark it up again
+    connect_timeout: float = 2.0
+    ttft_timeout: float = 300.0  # until the first byte; a cold model load counts here
+    idle_timeout: float = 120.0  # between two chunks of a stream
+    max_attempts: int = 3  # nodes tried for one request before giving up
+    max_body_bytes: int = 64 << 20
+
+    def __post_init__(self) -> None:
+        _positive(self, "health_interval", "health_timeout", "connect_timeout", "ttft_timeout",
+                  "idle_timeout", "max_attempts", "max_body_bytes", "unhealthy_after",
+                  "healthy_after")
+        if self.health_timeout > self.health_interval * 5:
+            raise ValueError("gateway.health_timeout must not exceed 5 x health_interval, "
+                             "or a dead node would be noticed long after it died")
+
+
+class NodeConfig(_Section):
+    listen: str = "127.0.0.1:11435"
+    id: str = ""  # default: "<hostname>-<port>"
+    advertise_url: str = ""  # what gateways should call; default: http://<listen>
+    engine: str = "llamacpp"
+    engine_url: str = "http://127.0.0.1:11434"  # the stock Ollama behind the `ollama` engine
+    models_dir: str = "~/.ollamamax/models"
+    num_parallel: int = 1  # requests served at once per loaded model (OLLAMA_NUM_PARALLEL)
+    max_loaded: int = 3  # models resident at once (OLLAMA_MAX_LOADED_MODELS)
+    max_queue: int = 512  # waiting requests before 503 (OLLAMA_MAX_QUEUE)
+    keep_alive: float = 300.0  # seconds a model stays loaded after its last request
+    num_ctx: int = 4096  # context per request slot
+    threads: int = 1  # llama.cpp threads per model
+    sim_profile: str = "cpu-small"
+    sim_speed: float = 1.0  # >1 compresses simulated time
+    sim_models: tuple[str, ...] = ()  # extra simulated models, "name:tag=size_bytes"
+    seed: int = 0
+    announce_file: str = ""  # written with the node's URL once it serves
+
+    def __post_init__(self) -> None:
+        _positive(self, "num_parallel", "max_loaded", "num_ctx", "threads", "sim_speed")
+        if self.max_queue < 0:
+            raise ValueError("node.max_queue must be >= 0")
+
+
+class SchedulerConfig(_Section):
+    strategy: str = "loaded_least_busy"
+
+
+class LogConfig(_Section):
+    level: str = "info"
+    format: str = "text"
+
+    def __post_init__(self) -> None:
+        if self.format not in ("text", "json"):
+            raise ValueError("log.format must be 'text' or 'json'")
+        if self.level.lower() not in ("debug", "info", "warning", "error"):
+            raise ValueError("log.level must be debug, info, warning or error")
+
+
+class Config(_Section):
+    gateway: GatewayConfig = msgspec.field(default_factory=GatewayConfig)
+    node: NodeConfig = msgspec.field(default_factory=NodeConfig)
+    scheduler: SchedulerConfig = msgspec.field(default_factory=SchedulerConfig)
+    log: LogConfig = msgspec.field(default_factory=LogConfig)
+
+
+SECTIONS: dict[str, type[_Section]] = {
+    "gateway": GatewayConfig, "node": NodeConfig, "scheduler": SchedulerConfig, "log": LogConfig,
+}
+
+
+def load(
+    file: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Build the configuration. `overrides` maps ``"section.key"`` to values from flags."""
+    env = os.environ if env is None else env
+    layers: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+    path = file or env.get(ENV_PREFIX + "CONFIG")
+    if path:
+        _merge(layers, _read_file(Path(path)), source=str(path))
+    _merge(layers, _from_env(env), source="environment")
+    _merge(layers, _from_dotted(overrides or {}), source="flags")
+    try:
+        return msgspec.convert(layers, Config, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"invalid configuration: {exc}") from None
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for var, value in env.items():
+        if not var.startswith(ENV_PREFIX) or var == ENV_PREFIX + "CONFIG":
+            continue
+        section, _, key = var[len(ENV_PREFIX):].lower().partition("_")
+        struct = SECTIONS.get(section)
+        if struct is None or key not in struct.__struct_fields__:
+            continue  # other OLLAMAMAX_* variables (e.g. OLLAMAMAX_GATEWAY for clients)
+        default = getattr(struct(), key)
+        out.setdefault(section, {})[key] = (
+            tuple(v.strip() for v in value.split(",") if v.strip())
+            if isinstance(default, tuple) else value
+        )
+    return out
+
+
+def _from_dotted(values: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for dotted, value in values.items():
+        if value is None:
+            continue  # a flag not given
+        section, _, key = dotted.partition(".")
+        out.setdefault(section, {})[key] = value
+    return out
+
+
+def _merge(layers: dict[str, dict[str, Any]], new: Mapping[str, Any], source: str) -> None:
+    for section, values in new.items():
+        if section not in SECTIONS:
+            raise ConfigError(f"{source}: unknown section [{section}]; "
+                              f"valid sections: {', '.join(SECTIONS)}")
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"{source}: [{section}] must be a table")
+        layers[section].update(values)
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``"127.0.0.1:11434"`` -> ``("127.0.0.1", 11434)``; ``":0"`` binds 127.0.0.1."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"listen address {listen!r} must look like HOST:PORT")
+    return host.strip("[]") or "127.0.0.1", int(port)

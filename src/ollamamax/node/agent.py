@@ -1,0 +1,162 @@
+"""The node process: the Ollama API of one machine's engine, plus health and telemetry.
+
+    POST /api/chat /api/generate /api/embed /api/embeddings /api/show
+    GET  /api/tags /api/ps /api/version  /  (and HEAD /)
+    GET  /health      200 when the engine answers, else 503
+    GET  /telemetry   identity, models, loaded models with slots and expiry, queue, memory
+    GET  /metrics     Prometheus text
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiohttp import web
+
+from ollamamax import OLLAMA_API_VERSION
+from ollamamax.api import ollama_types as ot
+from ollamamax.api.errors import error_middleware
+from ollamamax.api.http import NDJSON, dumps, json_response, read_body, root
+from ollamamax.config import NodeConfig
+from ollamamax.errors import OllamaMaxError
+from ollamamax.metrics import CONTENT_TYPE, NodeMetrics
+from ollamamax.node import streams, telemetry
+from ollamamax.node.engines.base import Chunk, Engine
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 64 << 20
+
+
+class NodeAgent:
+    def __init__(self, config: NodeConfig, engine: Engine) -> None:
+        self.config = config
+        self.engine = engine
+        self.metrics = NodeMetrics()
+        self.node_id = config.id or f"{socket.gethostname()}-{config.listen.rpartition(':')[2]}"
+        self.url = config.advertise_url
+        self.in_flight = 0
+        self.started = time.monotonic()
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY)
+        app.router.add_route("GET", "/", root)
+        app.router.add_route("GET", "/api/version", self.version)
+        app.router.add_route("GET", "/api/tags", self.tags)
+        app.router.add_route("GET", "/api/ps", self.ps)
+        app.router.add_route("POST", "/api/show", self.show)
+        app.router.add_route("POST", "/api/chat", self.chat)
+        app.router.add_route("POST", "/api/generate", self.generate)
+        app.router.add_route("POST", "/api/embed", self.embed)
+        app.router.add_route("POST", "/api/embeddings", self.embeddings)
+        app.router.add_route("GET", "/health", self.health)
+        app.router.add_route("GET", "/telemetry", self.telemetry)
+        app.router.add_route("GET", "/metrics", self.metrics_endpoint)
+        app.on_startup.append(self._start)
+        app.on_cleanup.append(self._close)
+        return app
+
+    async def _start(self, app: web.Application) -> None:
+        await self.engine.start()
+
+    async def _close(self, app: web.Application) -> None:
+        await self.engine.close()
+
+    # -- informational endpoints -------------------------------------------------------
+
+    async def version(self, request: web.Request) -> web.Response:
+        return json_response({"version": OLLAMA_API_VERSION})
+
+    async def tags(self, request: web.Request) -> web.Response:
+        return json_response({"models": await self.engine.tags()})
+
+    async def ps(self, request: web.Request) -> web.Response:
+        return json_response({"models": await self.engine.ps()})
+
+    async def show(self, request: web.Request) -> web.Response:
+        req = ot.decode(await read_body(request, MAX_BODY), ot.ShowRequest)
+        return json_response(await self.engine.show(req))
+
+    async def health(self, request: web.Request) -> web.Response:
+        ok = await self.engine.healthy()
+        return json_response({"status": "ok" if ok else "unhealthy", "node_id": self.node_id},
+                             status=200 if ok else 503)
+
+    async def telemetry(self, request: web.Request) -> web.Response:
+        return json_response(telemetry.snapshot(
+            self.node_id, self.engine.name, self.url, await self.engine.tags(),
+            self.engine.load_status(), self.in_flight, self.started))
+
+    async def metrics_endpoint(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+    # -- inference -----------------------------------------------------------------------
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        req = ot.decode(await read_body(request, MAX_BODY), ot.ChatRequest)
+        return await self._answer(request, "chat", self.engine.chat(req),
+                                  ot.wants_stream(req), streams.merge_chat)
+
+    async def generate(self, request: web.Request) -> web.StreamResponse:
+        req = ot.decode(await read_body(request, MAX_BODY), ot.GenerateRequest)
+        return await self._answer(request, "generate", self.engine.generate(req),
+                                  ot.wants_stream(req), streams.merge_generate)
+
+    async def embed(self, request: web.Request) -> web.Response:
+        req = ot.decode(await read_body(request, MAX_BODY), ot.EmbedRequest)
+        with self._counted("embed"):
+            return json_response(await self.engine.embed(req))
+
+    async def embeddings(self, request: web.Request) -> web.Response:
+        legacy = ot.decode(await read_body(request, MAX_BODY), ot.EmbeddingsRequest)
+        req = ot.EmbedRequest(model=legacy.model_name, input=legacy.prompt or "",
+                              options=legacy.options, keep_alive=legacy.keep_alive)
+        with self._counted("embeddings"):
+            result = await self.engine.embed(req)
+        vectors = result.get("embeddings") or [[]]
+        return json_response({"embedding": vectors[0] if legacy.prompt else []})
+
+    async def _answer(self, request: web.Request, endpoint: str, chunks: AsyncIterator[Chunk],
+                      stream: bool, merge: Any) -> web.StreamResponse:
+        with self._counted(endpoint):
+            async with contextlib.aclosing(chunks):  # type: ignore[type-var]
+                if not stream:
+                    return json_response(await merge(chunks))
+                # The first chunk comes before the headers, so an early failure (unknown
+                # model, full queue) is still an HTTP error a gateway can retry elsewhere.
+                first = await anext(chunks)
+                response = web.StreamResponse(headers={"Content-Type": NDJSON})
+                await response.prepare(request)
+                await response.write(dumps(first) + b"\n")
+                try:
+                    async for chunk in chunks:
+                        await response.write(dumps(chunk) + b"\n")
+                except OllamaMaxError as exc:
+                    await response.write(dumps({"error": exc.message}) + b"\n")
+                await response.write_eof()
+                return response
+
+    @contextlib.contextmanager
+    def _counted(self, endpoint: str) -> Any:
+        self.in_flight += 1
+        self.metrics.in_flight.inc()
+        started = time.perf_counter()
+        status = "200"
+        try:
+            yield
+        except OllamaMaxError as exc:
+            status = str(exc.status)
+            raise
+        except BaseException:
+            status = "500"
+            raise
+        finally:
+            self.in_flight -= 1
+            self.metrics.in_flight.dec()
+            self.metrics.requests.labels(endpoint, status).inc()
+            self.metrics.duration.labels(endpoint).observe(time.perf_counter() - started)

@@ -1,0 +1,42 @@
+"""What a node tells gateways about itself (``GET /telemetry``)."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import psutil
+
+from ollamamax import __version__
+
+_PROCESS = psutil.Process(os.getpid())
+
+
+def memory() -> dict[str, int]:
+    vm = psutil.virtual_memory()
+    return {"rss_bytes": _PROCESS.memory_info().rss, "total_bytes": vm.total,
+            "available_bytes": vm.available}
+
+
+def snapshot(node_id: str, engine: str, url: str, models: list[dict[str, Any]],
+             status: dict[str, Any], in_flight: int, started: float) -> dict[str, Any]:
+    """The telemetry document: identity, models, what is loaded with its slots, memory."""
+    loaded = status.get("loaded", [])
+    return {
+        "node_id": node_id,
+        "engine": engine,
+        "url": url,
+        "version": __version__,
+        "models": [{"name": m["name"], "size": m.get("size", 0), "digest": m.get("digest", "")}
+                   for m in models],
+        "loaded": loaded,
+        "busy": sum(m.get("busy", 0) for m in loaded),
+        "slots": sum(m.get("slots", 0) for m in loaded),
+        "queue_depth": status.get("queue_depth", 0),
+        "max_queue": status.get("max_queue", 0),
+        "in_flight": in_flight,
+        "memory": memory(),
+        "cpu_count": os.cpu_count() or 1,
+        "uptime_s": round(time.monotonic() - started, 3),
+    }
