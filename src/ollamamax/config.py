@@ -70,7 +70,6 @@ class NodeConfig(_Section):
     sim_speed: float = 1.0  # >1 compresses simulated time
     sim_models: tuple[str, ...] = ()  # extra simulated models, "name:tag=size_bytes"
     seed: int = 0
-    announce_file: str = ""  # written with the node's URL once it serves
 
     def __post_init__(self) -> None:
         _positive(self, "num_parallel", "max_loaded", "num_ctx", "threads", "sim_speed")

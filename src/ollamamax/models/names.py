@@ -72,3 +72,11 @@ def parse(name: str) -> ModelName:
 def model_key(name: str) -> str:
     """The canonical key of `name` (``Smollm2`` -> ``smollm2:latest``)."""
     return parse(name).key
+
+
+def try_key(name: str) -> str:
+    """The canonical key of `name`, or "" when it is not a valid name (skip such entries)."""
+    try:
+        return parse(name).key
+    except BadRequest:
+        return ""

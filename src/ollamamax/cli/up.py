@@ -1,0 +1,90 @@
+"""``ollamamax up``: a gateway and N nodes on this machine, with real inference.
+
+Every node is its own OS process with its own model store holding the demo model; the
+gateway runs in this process. Ctrl-C or SIGTERM stops everything that was started.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ollamamax import config as cfg
+from ollamamax import logs, server
+from ollamamax.cli.options import LogFormat, LogLevel
+from ollamamax.gateway.app import Gateway
+from ollamamax.models.demo import DEMO_MODEL, ensure_demo_model
+from ollamamax.models.store import ModelStore
+from ollamamax.supervisor import Supervisor
+
+log = logging.getLogger("ollamamax.up")
+out = Console()
+
+
+def up(
+    nodes: Annotated[int, typer.Option(min=1, max=64, help="How many node processes.")] = 3,
+    port: Annotated[int, typer.Option(help="Gateway port on 127.0.0.1.")] = 11434,
+    engine: Annotated[str, typer.Option(help="llamacpp (real inference) or sim.")] = "llamacpp",
+    run_dir: Annotated[Path, typer.Option(help="Stores and logs of the local cluster.")] = Path(
+        "~/.ollamamax/up"),
+    num_parallel: Annotated[int, typer.Option(help="Requests at once per model per node.")] = 1,
+    sim_profile: Annotated[str, typer.Option(help="Timing profile for --engine sim.")] = "cpu-small",
+    log_level: LogLevel = None,
+    log_format: LogFormat = None,
+) -> None:
+    """Start a local cluster: N nodes and a gateway on 127.0.0.1."""
+    conf = cfg.load(overrides={"log.level": log_level, "log.format": log_format,
+                               "gateway.listen": f"127.0.0.1:{port}"})
+    logs.setup(conf.log.level, conf.log.format)
+    run_dir = run_dir.expanduser()
+    with Supervisor(run_dir / "logs") as supervisor:
+        backends = _start_nodes(supervisor, run_dir, nodes, engine, num_parallel, sim_profile)
+        conf = cfg.load(overrides={"log.level": log_level, "log.format": log_format,
+                                   "gateway.listen": f"127.0.0.1:{port}",
+                                   "gateway.backends": tuple(backends)})
+        server.run(_serve(conf, supervisor))
+
+
+def _start_nodes(supervisor: Supervisor, run_dir: Path, count: int, engine: str,
+                 num_parallel: int, sim_profile: str) -> list[str]:
+    children = []
+    for i in range(1, count + 1):
+        store_dir = run_dir / f"node-{i}" / "models"
+        ensure_demo_model(ModelStore(store_dir))
+        args = ["node", "--listen", "127.0.0.1:0", "--id", f"node-{i}", "--engine", engine,
+                "--models-dir", str(store_dir), "--num-parallel", str(num_parallel),
+                "--threads", "1", "--sim-profile", sim_profile]
+        children.append(supervisor.start(f"node-{i}", args))
+    with out.status(f"starting {count} {engine} nodes"):
+        return [f"{c.name}={supervisor.wait_ready(c, timeout=60)}" for c in children]
+
+
+async def _serve(conf: cfg.Config, supervisor: Supervisor) -> None:
+    gw = Gateway(conf)
+    runner, url = await server.start_site(gw.app(), conf.gateway.listen)
+    _print_banner(url, supervisor)
+    try:
+        await server.wait_for_stop_signal()
+        out.print("stopping...")
+    finally:
+        await runner.cleanup()
+
+
+def _print_banner(url: str, supervisor: Supervisor) -> None:
+    table = Table("", "URL", "PID", "LOG", box=None, show_header=False)
+    table.add_row("[bold]gateway[/]", url, str(os.getpid()), "")
+    for child in supervisor.children.values():
+        table.add_row(child.name, child.url, str(child.pid), str(child.log))
+    out.print(table)
+    out.print(f"\nOllamaMax is up with {DEMO_MODEL}. Try:\n"
+              f"  curl {url}/api/chat -d '{{\"model\": \"{DEMO_MODEL}\", \"messages\": "
+              f"[{{\"role\": \"user\", \"content\": \"Hello!\"}}]}}'\n"
+              f"  OLLAMA_HOST={url} ollama run {DEMO_MODEL}\n"
+              f"  OpenAI clients: base_url={url}/v1\n"
+              "Ctrl-C stops everything.", highlight=False)
