@@ -70,7 +70,7 @@ class Supervisor:
             proc = subprocess.Popen(
                 full, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env={**os.environ, **(env or {})},
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509
             )
         child = Child(name, args, proc, announce, log)
         self.children[name] = child
@@ -89,13 +89,6 @@ class Supervisor:
                                  f"{child.log_tail()}")
             time.sleep(0.02)
         raise StartError(f"{child.name} was not ready within {timeout:g} s:\n{child.log_tail()}")
-
-    def restart(self, name: str, timeout: float = 30.0) -> Child:
-        old = self.children[name]
-        self.stop(old)
-        child = self.start(name, old.args)
-        self.wait_ready(child, timeout)
-        return child
 
     def signal(self, name: str, sig: int) -> None:
         child = self.children[name]

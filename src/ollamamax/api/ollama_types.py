@@ -7,6 +7,7 @@ types, malformed JSON and a missing ``model`` become `BadRequest` with a clear s
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, TypeVar
 
@@ -149,11 +150,8 @@ def keep_alive_seconds(value: KeepAlive, default: float = DEFAULT_KEEP_ALIVE) ->
         return default
     if isinstance(value, bool):
         raise BadRequest("keep_alive must be a duration string or a number of seconds")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    else:
-        seconds = _parse_duration(value)
-    if math_isnan(seconds):
+    seconds = float(value) if isinstance(value, int | float) else _parse_duration(value)
+    if math.isnan(seconds):
         raise BadRequest(f"invalid keep_alive {value!r}")
     return FOREVER if seconds < 0 else seconds
 
@@ -175,7 +173,3 @@ def _parse_duration(text: str) -> float:
     if pos != len(body) or not body:
         raise BadRequest(f"invalid keep_alive duration {text!r}")
     return sign * total
-
-
-def math_isnan(x: float) -> bool:
-    return x != x

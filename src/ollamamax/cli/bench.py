@@ -2,6 +2,65 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
+from rich.console import Console
 
 app = typer.Typer(no_args_is_help=True, help="Measure OllamaMax.")
+out = Console()
+err = Console(stderr=True)
+
+
+@app.command()
+def gateway(
+    json_file: Annotated[Path | None, typer.Option(
+        "--json", help="Also write the results as JSON to this file.")] = None,
+    requests: Annotated[int | None, typer.Option(
+        min=1, help="Measured requests per case and side (default 4000, --quick 40).")] = None,
+    concurrency: Annotated[str, typer.Option(
+        help="Comma-separated concurrency levels.")] = "1,16,64",
+    quick: Annotated[bool, typer.Option(help="A tiny smoke run of every case.")] = False,
+) -> None:
+    """The latency the gateway adds to a call to a node, and requests per second.
+
+    A sim node answering instantly, a gateway in front of it, and a closed-loop load
+    generator in this process; direct and gateway runs alternate. added_p99 is gateway p99
+    minus direct p99.
+    """
+    from ollamamax.bench import gateway as bench
+
+    levels = _levels(concurrency)
+    options = bench.BenchOptions.quick(levels) if quick else bench.BenchOptions(concurrency=levels)
+    if requests is not None:
+        options = bench.BenchOptions(requests=requests, concurrency=levels,
+                                     rounds=min(options.rounds, requests), warmup=options.warmup)
+    with err.status("starting a sim node and a gateway") as status:
+        report = bench.run(options, progress=status.update)
+    # Piped output has no width of its own: give the table room instead of rich's 80 columns.
+    if not out.is_terminal:
+        out.width = max(out.width, bench.TABLE_WIDTH)
+    out.print(bench.table(report))
+    for goal, met in report.goals():
+        verdict = {True: "[green]met[/]", False: "[yellow]missed[/]", None: "not measured"}[met]
+        out.print(f"goal: {goal}: {verdict}")
+    if json_file is not None:
+        report.write_json(json_file)
+        out.print(f"wrote {json_file}")
+    if report.error_count:
+        err.print(f"[bold red]{report.error_count} requests failed[/]: the figures above are "
+                  "not a valid benchmark (see the errors column and the JSON)")
+        raise typer.Exit(1)
+
+
+def _levels(text: str) -> tuple[int, ...]:
+    try:
+        levels = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a comma-separated list of integers",
+                                 param_hint="--concurrency") from None
+    if not levels or min(levels) < 1:
+        raise typer.BadParameter("concurrency levels must be integers >= 1",
+                                 param_hint="--concurrency")
+    return levels

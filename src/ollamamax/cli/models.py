@@ -14,6 +14,8 @@ from ollamamax.config import NodeConfig
 from ollamamax.models.importer import import_gguf
 from ollamamax.models.store import ModelStore
 
+DEFAULT_MODELS_DIR = NodeConfig().models_dir
+
 app = typer.Typer(no_args_is_help=True, help="Manage a node's model store.")
 out = Console()
 
@@ -29,7 +31,7 @@ def _store(models_dir: str) -> ModelStore:
 def import_(
     file: Annotated[Path, typer.Argument(help="A GGUF file.", exists=True, dir_okay=False)],
     name: Annotated[str, typer.Option(help="NAME:TAG to give it.")],
-    models_dir: ModelsDir = NodeConfig().models_dir,
+    models_dir: ModelsDir = DEFAULT_MODELS_DIR,
 ) -> None:
     """Put a GGUF file into a model store."""
     model = import_gguf(_store(models_dir), file, name)
@@ -38,7 +40,7 @@ def import_(
 
 
 @app.command("list")
-def list_(models_dir: ModelsDir = NodeConfig().models_dir) -> None:
+def list_(models_dir: ModelsDir = DEFAULT_MODELS_DIR) -> None:
     """List the models in a store."""
     table = Table("NAME", "ID", "SIZE", "MODIFIED", box=None)
     for m in _store(models_dir).list():

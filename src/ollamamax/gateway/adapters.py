@@ -6,11 +6,16 @@ An adapter sees bytes from the node and returns bytes for the client. The reques
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
+import msgspec
 from aiohttp import web
 
+from ollamamax.api import openai_compat
 from ollamamax.api.http import JSON, NDJSON, dumps
+
+Convert = Callable[[dict[str, Any], openai_compat.ReplyContext], dict[str, Any]]
 
 
 class Adapter(Protocol):
@@ -53,3 +58,49 @@ class OllamaPassthrough:
         # Ollama ends a failed stream with one more NDJSON line: {"error": "..."}.
         prefix = b"" if self._at_line_start else b"\n"
         return prefix + dumps({"error": message}) + b"\n"
+
+
+class OpenAIAdapter:
+    """OpenAI API: the node's NDJSON chunks become server-sent events, its JSON an OpenAI body.
+
+    `stream` converts chunks (``ChatStream``/``CompletionStream``); `convert` turns a complete
+    Ollama answer into the OpenAI one. Node errors keep their status in OpenAI's error shape.
+    """
+
+    __slots__ = ("_buffer", "_convert", "_reply", "_stream")
+    stream_content_type = openai_compat.SSE_CONTENT_TYPE
+
+    def __init__(self, reply: openai_compat.ReplyContext, convert: Convert,
+                 stream: openai_compat.ChatStream | openai_compat.CompletionStream | None = None,
+                 ) -> None:
+        self._reply = reply
+        self._convert = convert
+        self._stream = stream
+        self._buffer = b""
+
+    def whole(self, status: int, body: bytes) -> web.Response:
+        try:
+            answer = msgspec.json.decode(body) if body else {}
+        except msgspec.DecodeError:
+            answer = {"error": body.decode("utf-8", "replace")[:200]}
+        if status >= 400 or "error" in answer:
+            message = str(answer.get("error", f"HTTP {status}"))
+            return web.Response(status=status if status >= 400 else 502, content_type=JSON,
+                                body=dumps(openai_compat.error_object(status, message)))
+        return web.Response(status=status, body=dumps(self._convert(answer, self._reply)),
+                            content_type=JSON)
+
+    def feed(self, data: bytes) -> bytes:
+        assert self._stream is not None
+        *lines, self._buffer = (self._buffer + data).split(b"\n")
+        return b"".join(self._stream.chunk(msgspec.json.decode(line))
+                        for line in lines if line.strip())
+
+    def end(self) -> bytes:
+        assert self._stream is not None
+        tail = self.feed(b"\n") if self._buffer.strip() else b""
+        return tail + self._stream.done()
+
+    def error(self, message: str) -> bytes:
+        assert self._stream is not None
+        return self._stream.error(message)

@@ -152,7 +152,7 @@ class Gateway:
     async def union_tags(self) -> list[dict[str, Any]]:
         """Every model some healthy node has, once, the most recently modified copy first."""
         merged: dict[str, dict[str, Any]] = {}
-        for node_id, models in await self._fan_out("/api/tags"):
+        for _node, models in await self._fan_out("/api/tags"):
             for entry in models:
                 key = try_key(entry.get("name") or entry.get("model") or "")
                 if not key:
@@ -178,7 +178,7 @@ class Gateway:
                 if status != 200:
                     return node_id, []
                 return node_id, list(msgspec.json.decode(body).get("models") or [])
-            except Exception as exc:  # noqa: BLE001 - a node that cannot answer is left out
+            except Exception as exc:
                 log.warning("%s: %s failed: %s", node_id, path, exc or type(exc).__name__)
                 return node_id, []
 
