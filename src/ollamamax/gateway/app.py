@@ -178,7 +178,7 @@ class Gateway:
                 if status != 200:
                     return node_id, []
                 return node_id, list(msgspec.json.decode(body).get("models") or [])
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - a node that cannot answer is left out
                 log.warning("%s: %s failed: %s", node_id, path, exc or type(exc).__name__)
                 return node_id, []
 

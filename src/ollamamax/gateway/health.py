@@ -54,7 +54,7 @@ class HealthChecker:
     async def _check(self, node: NodeState) -> str:
         try:
             info = await self._probe(node)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure is a failed check
             return self._failed(node, _describe(exc))
         return self._passed(node, info)
 
