@@ -69,7 +69,7 @@ class NodeConfig(_Section):
     sim_profile: str = "cpu-small"
     sim_speed: float = 1.0  # >1 compresses simulated time
     sim_models: tuple[str, ...] = ()  # extra simulated models, "name:tag=size_bytes"
-    seed: int = 0
+    seed: int = 0  # seeds the sim engine's output; llama.cpp samples afresh per request, as Ollama
 
     def __post_init__(self) -> None:
         _positive(self, "num_parallel", "max_loaded", "num_ctx", "threads", "sim_speed")
