@@ -67,11 +67,11 @@ class Gateway:
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[error_middleware], client_max_size=self.max_body)
-        add = app.router.add_route
-        add("GET", "/", root)
-        add("GET", "/api/version", self.version)
-        add("GET", "/api/tags", self.tags)
-        add("GET", "/api/ps", self.ps)
+        add, get = app.router.add_route, app.router.add_get  # GET routes answer HEAD too
+        get("/", root)
+        get("/api/version", self.version)
+        get("/api/tags", self.tags)
+        get("/api/ps", self.ps)
         add("POST", "/api/show", self.show)
         add("POST", "/api/chat", self.chat)
         add("POST", "/api/generate", self.generate)
@@ -79,9 +79,9 @@ class Gateway:
         add("POST", "/api/embeddings", self.embeddings)
         for name in _UNSUPPORTED:
             add("*", f"/api/{name}", self.unsupported)
-        add("GET", "/health", self.healthz)
-        add("GET", "/metrics", self.metrics_endpoint)
-        add("GET", "/admin/nodes", self.nodes)
+        get("/health", self.healthz)
+        get("/metrics", self.metrics_endpoint)
+        get("/admin/nodes", self.nodes)
         self._add_openai_routes(app)
         app.on_startup.append(self._start)
         app.on_cleanup.append(self._stop)

@@ -27,8 +27,8 @@ def add_routes(app: web.Application, gateway: Gateway) -> None:
     app.router.add_route("POST", "/v1/chat/completions", routes.chat)
     app.router.add_route("POST", "/v1/completions", routes.completions)
     app.router.add_route("POST", "/v1/embeddings", routes.embeddings)
-    app.router.add_route("GET", "/v1/models", routes.models)
-    app.router.add_route("GET", "/v1/models/{model:.+}", routes.model)
+    app.router.add_get("/v1/models", routes.models)
+    app.router.add_get("/v1/models/{model:.+}", routes.model)
 
 
 class OpenAIRoutes:

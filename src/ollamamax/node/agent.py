@@ -45,18 +45,18 @@ class NodeAgent:
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY)
-        app.router.add_route("GET", "/", root)
-        app.router.add_route("GET", "/api/version", self.version)
-        app.router.add_route("GET", "/api/tags", self.tags)
-        app.router.add_route("GET", "/api/ps", self.ps)
+        app.router.add_get("/", root)
+        app.router.add_get("/api/version", self.version)
+        app.router.add_get("/api/tags", self.tags)
+        app.router.add_get("/api/ps", self.ps)
         app.router.add_route("POST", "/api/show", self.show)
         app.router.add_route("POST", "/api/chat", self.chat)
         app.router.add_route("POST", "/api/generate", self.generate)
         app.router.add_route("POST", "/api/embed", self.embed)
         app.router.add_route("POST", "/api/embeddings", self.embeddings)
-        app.router.add_route("GET", "/health", self.health)
-        app.router.add_route("GET", "/telemetry", self.telemetry)
-        app.router.add_route("GET", "/metrics", self.metrics_endpoint)
+        app.router.add_get("/health", self.health)
+        app.router.add_get("/telemetry", self.telemetry)
+        app.router.add_get("/metrics", self.metrics_endpoint)
         app.on_startup.append(self._start)
         app.on_cleanup.append(self._close)
         return app
@@ -88,6 +88,7 @@ class NodeAgent:
                              status=200 if ok else 503)
 
     async def telemetry(self, request: web.Request) -> web.Response:
+        await self.engine.refresh_status()
         return json_response(telemetry.snapshot(
             self.node_id, self.engine.name, self.url, await self.engine.tags(),
             self.engine.load_status(), self.in_flight, self.started))

@@ -69,6 +69,9 @@ class Engine(abc.ABC):
     async def embed(self, request: EmbedRequest) -> dict[str, Any]:
         """The ``/api/embed`` answer."""
 
+    async def refresh_status(self) -> None:  # noqa: B027 - optional hook
+        """Bring what `load_status` reports up to date (engines that must ask someone)."""
+
     @abc.abstractmethod
     def load_status(self) -> dict[str, Any]:
         """For telemetry: ``{"loaded": [{name, size, expires_at, busy, slots, queued}],

@@ -88,9 +88,14 @@ class OllamaEngine(Engine):
     def generate(self, request: GenerateRequest) -> AsyncIterator[Chunk]:
         return self._stream("/api/generate", request)
 
-    def load_status(self) -> dict[str, Any]:
+    async def refresh_status(self) -> None:
         if time.monotonic() - self._ps_at > _PS_TTL:
-            asyncio.get_running_loop().create_task(self._refresh_ps())
+            try:
+                await self.ps()
+            except OllamaMaxError:
+                self._ps_at = time.monotonic()  # ask again after the TTL, not on every call
+
+    def load_status(self) -> dict[str, Any]:
         loaded = []
         for entry in self._ps:
             key = try_key(entry.get("name") or entry.get("model") or "")
@@ -100,12 +105,6 @@ class OllamaEngine(Engine):
         return {"loaded": loaded, "queue_depth": 0, "max_queue": self.config.max_queue}
 
     # -- HTTP ------------------------------------------------------------------------------
-
-    async def _refresh_ps(self) -> None:
-        try:
-            await self.ps()
-        except OllamaMaxError:
-            self._ps_at = time.monotonic()  # try again after the TTL, not on every call
 
     async def _get(self, path: str) -> dict[str, Any]:
         try:
