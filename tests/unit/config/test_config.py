@@ -62,3 +62,13 @@ def test_parse_listen(listen, expected):
 def test_parse_listen_refuses_garbage():
     with pytest.raises(ConfigError):
         config.parse_listen("localhost")
+
+
+def test_every_setting_is_documented():
+    from pathlib import Path
+
+    doc = (Path(__file__).parents[3] / "docs" / "configuration.md").read_text()
+    for section, struct in config.SECTIONS.items():
+        assert f"## `[{section}]`" in doc
+        for key in struct.__struct_fields__:
+            assert f"| `{key}` |" in doc, f"{section}.{key} is not in docs/configuration.md"
