@@ -36,15 +36,16 @@ def gateway(
     if requests is not None:
         options = bench.BenchOptions(requests=requests, concurrency=levels,
                                      rounds=min(options.rounds, requests), warmup=options.warmup)
-    with err.status("starting a sim node and a gateway") as status:
-        report = bench.run(options, progress=status.update)
+    # Plain lines, not a spinner: a spinner's refresh thread would compete with the load
+    # generator for the GIL and add jitter to the latencies it measures.
+    err.print("starting a sim node and a gateway")
+    report = bench.run(options, progress=err.print)
     # Piped output has no width of its own: give the table room instead of rich's 80 columns.
     if not out.is_terminal:
         out.width = max(out.width, bench.TABLE_WIDTH)
     out.print(bench.table(report))
-    for goal, met in report.goals():
-        verdict = {True: "[green]met[/]", False: "[yellow]missed[/]", None: "not measured"}[met]
-        out.print(f"goal: {goal}: {verdict}")
+    for line in bench.summary(report):
+        out.print(line)
     if json_file is not None:
         report.write_json(json_file)
         out.print(f"wrote {json_file}")
