@@ -28,6 +28,8 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     length = request.content_length
     if length is not None and length > limit:
         raise PayloadTooLarge(f"request body of {length} bytes exceeds the limit of {limit}")
+    if length is not None:
+        return await request.read()  # aiohttp reads exactly `length` bytes
     body = bytearray()
     async for chunk in request.content.iter_any():
         body += chunk

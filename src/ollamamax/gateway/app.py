@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from typing import Any
@@ -36,6 +37,10 @@ from ollamamax.scheduler import ClusterView, RouteRequest, Scheduler
 log = logging.getLogger(__name__)
 
 _UNSUPPORTED = ("pull", "push", "create", "delete", "copy")
+
+
+# Clients send the same few model names again and again; invalid names raise and are not cached.
+_model_key = functools.lru_cache(maxsize=4096)(model_key)
 
 
 def parse_backend(spec: str) -> tuple[str, str]:
@@ -137,7 +142,7 @@ class Gateway:
     async def forward(self, request: web.Request, endpoint: str, name: str, path: str,
                       body: bytes, stream: bool, adapter: Adapter | None = None,
                       ) -> web.StreamResponse:
-        route = RouteRequest(model_key(name), endpoint, stream)
+        route = RouteRequest(_model_key(name), endpoint, stream)
         return await self.path.forward(request, route, name, path, body,
                                        adapter or OllamaPassthrough())
 

@@ -25,7 +25,7 @@ from ollamamax.errors import (
 )
 from ollamamax.gateway.adapters import Adapter
 from ollamamax.gateway.upstream import Reply, Upstream
-from ollamamax.metrics import GatewayMetrics
+from ollamamax.metrics import GatewayMetrics, cached_labels
 from ollamamax.scheduler import ClusterView, RouteRequest, Scheduler
 
 log = logging.getLogger(__name__)
@@ -41,12 +41,18 @@ class RequestPath:
         self.upstream = upstream
         self.metrics = metrics
         self.clock = clock
+        self._requests = cached_labels(metrics.requests)
+        self._duration = cached_labels(metrics.duration)
+        self._ttft = cached_labels(metrics.ttft)
+        self.in_flight = 0
+        metrics.read_in_flight(lambda: self.in_flight,
+                               lambda: {n.id: n.in_flight for n in view.nodes.values()})
 
     async def forward(self, request: web.Request, route: RouteRequest, requested: str,
                       path: str, body: bytes, adapter: Adapter) -> web.StreamResponse:
         """Serve one inference request from the best node that answers."""
         started = time.perf_counter()
-        self.metrics.in_flight.inc()
+        self.in_flight += 1
         status, node = 500, ""
         try:
             try:
@@ -74,15 +80,14 @@ class RequestPath:
             status = exc.status
             raise
         finally:
-            self.metrics.in_flight.dec()
-            self.metrics.requests.labels(route.endpoint, str(status), node).inc()
-            self.metrics.duration.labels(route.endpoint).observe(time.perf_counter() - started)
+            self.in_flight -= 1
+            self._requests(route.endpoint, str(status), node).inc()
+            self._duration(route.endpoint).observe(time.perf_counter() - started)
 
     async def _attempt(self, node: str, route: RouteRequest, path: str, body: bytes,
                        failures: list[UpstreamError]) -> Reply | None:
         state = self.view.nodes[node]
         self.view.started(node)
-        self.metrics.node_in_flight.labels(node).inc()
         try:
             return await self.upstream.send(node, state.url + path, body, read_all=not route.stream)
         except UpstreamError as exc:
@@ -105,7 +110,7 @@ class RequestPath:
                 response = adapter.whole(reply.status, reply.first)
                 reply.release()
                 ok = reply.status < 400
-                self.metrics.ttft.labels(route.endpoint).observe(time.perf_counter() - started)
+                self._ttft(route.endpoint).observe(time.perf_counter() - started)
                 return response
             response, ok = await self._stream(request, route, node, reply, adapter, started)
             return response
@@ -118,7 +123,7 @@ class RequestPath:
         await response.prepare(request)
         try:
             await response.write(adapter.feed(reply.first))
-            self.metrics.ttft.labels(route.endpoint).observe(time.perf_counter() - started)
+            self._ttft(route.endpoint).observe(time.perf_counter() - started)
             async for data in reply.chunks():
                 out = adapter.feed(data)
                 if out:
@@ -143,7 +148,6 @@ class RequestPath:
 
     def _finish(self, node: str, route: RouteRequest, ok: bool) -> None:
         self.view.finished(node, route.model, ok)
-        self.metrics.node_in_flight.labels(node).dec()
 
     def _exhausted(self, requested: str, failures: list[UpstreamError]) -> OllamaMaxError:
         if not failures:

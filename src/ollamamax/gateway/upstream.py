@@ -3,6 +3,9 @@
 `send` returns once the node has answered with a status and the first bytes of its body, so
 everything that can go wrong *before the first byte* is raised here as an `UpstreamError`
 (retryable on another node); what goes wrong later surfaces from `Reply.chunks`.
+
+Inference POSTs go through `node_http` (a lean HTTP/1.1 client: the hot path); health checks
+and fan-out GETs through aiohttp.
 """
 
 from __future__ import annotations
@@ -19,8 +22,7 @@ from ollamamax.errors import (
     UpstreamStatus,
     UpstreamTimeout,
 )
-
-_JSON_HEADERS = {"Content-Type": "application/json"}
+from ollamamax.gateway import node_http
 
 
 class Reply:
@@ -28,7 +30,7 @@ class Reply:
 
     __slots__ = ("_idle", "_node", "_response", "first", "status")
 
-    def __init__(self, node: str, response: aiohttp.ClientResponse, first: bytes, idle: float):
+    def __init__(self, node: str, response: node_http.Response, first: bytes, idle: float):
         self._node = node
         self._response = response
         self._idle = idle
@@ -37,22 +39,18 @@ class Reply:
 
     @property
     def content_type(self) -> str:
-        return self._response.headers.get("Content-Type", "application/json")
+        return self._response.content_type
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The rest of the body as it arrives; `StreamBroken` when the node fails or stalls."""
-        content = self._response.content
         while True:
             try:
-                async with asyncio.timeout(self._idle):
-                    data = await content.readany()
+                data = await self._response.piece(self._idle)
             except TimeoutError:
                 raise StreamBroken(f"node {self._node} sent nothing for {self._idle:g} s") from None
-            except (aiohttp.ClientError, ConnectionError) as exc:
+            except ConnectionError as exc:
                 raise StreamBroken(f"node {self._node} failed mid-answer: {_describe(exc)}") from None
             if not data:
-                if not content.is_eof():
-                    raise StreamBroken(f"node {self._node} closed the connection mid-answer")
                 return
             yield data
 
@@ -75,6 +73,7 @@ class Upstream:
     def __init__(self, config: GatewayConfig) -> None:
         self.config = config
         self._session: aiohttp.ClientSession | None = None
+        self._nodes = node_http.NodeClient(keepalive=30.0)
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -88,6 +87,7 @@ class Upstream:
         return self._session
 
     async def close(self) -> None:
+        self._nodes.close()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -95,27 +95,27 @@ class Upstream:
     async def send(self, node: str, url: str, body: bytes, *, read_all: bool = False) -> Reply:
         """POST `body` to `url`; return when status and first bytes (or all, if asked) are in."""
         response = None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.ttft_timeout
         try:
-            async with asyncio.timeout(self.config.ttft_timeout):
-                response = await self.session.post(url, data=body, headers=_JSON_HEADERS)
-                first = await response.content.readany()
-                if response.status >= 500:
-                    raise UpstreamStatus(node, response.status, first + await response.read())
-                reply = Reply(node, response, first, self.config.idle_timeout)
-                if read_all:
-                    reply.first = await reply.read_rest()
-                return reply
+            response = await self._nodes.post(url, body, self.config.connect_timeout,
+                                              self.config.ttft_timeout)
+            left = max(0.0, deadline - loop.time())
+            first = await response.read(left) if read_all else await response.piece(left)
+            if response.status >= 500:
+                rest = b"" if read_all else await response.read(max(0.0, deadline - loop.time()))
+                status = response.status
+                response.release()
+                response = None  # back in the pool: nothing left to close
+                raise UpstreamStatus(node, status, first + rest)
+            return Reply(node, response, first, self.config.idle_timeout)
         except TimeoutError:
             _close(response)
             raise UpstreamTimeout(node, f"no answer within {self.config.ttft_timeout:g} s") from None
-        except aiohttp.ClientConnectorError as exc:
-            raise UpstreamConnectError(node, f"cannot connect: {_describe(exc)}") from None
-        except StreamBroken as exc:
+        except (ConnectionError, OSError) as exc:
             _close(response)
-            raise UpstreamConnectError(node, exc.message) from None
-        except (aiohttp.ClientError, ConnectionError) as exc:
-            _close(response)
-            raise UpstreamConnectError(node, _describe(exc)) from None
+            prefix = "cannot connect: " if response is None else ""
+            raise UpstreamConnectError(node, prefix + _describe(exc)) from None
         except BaseException:
             _close(response)
             raise
@@ -125,14 +125,14 @@ class Upstream:
             return response.status, await response.read()
 
 
-def _close(response: aiohttp.ClientResponse | None) -> None:
+def _close(response: node_http.Response | None) -> None:
     if response is not None:
         response.close()
 
 
 def _describe(exc: BaseException) -> str:
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return str(exc.os_error.strerror or exc.os_error) if exc.os_error else str(exc)
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return "server disconnected"
+    if isinstance(exc, node_http.Closed):
+        return str(exc) or "server disconnected"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
     return str(exc) or type(exc).__name__

@@ -78,9 +78,21 @@ class Engine(abc.ABC):
         "queue_depth": int}``."""
 
 
+_stamp: list[Any] = [0, ""]  # the last (millisecond, text) made: chunks come many per ms
+
+
 def created_at() -> str:
-    """Ollama's ``created_at``: RFC 3339 in UTC."""
-    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    """Ollama's ``created_at``: RFC 3339 in UTC, to the millisecond.
+
+    Every chunk carries one, and formatting a datetime cost a tenth of a fast node's time per
+    chunk (profiled), so the text is reused within the same millisecond.
+    """
+    now_ms = time.time_ns() // 1_000_000
+    if now_ms != _stamp[0]:
+        seconds, ms = divmod(now_ms, 1000)
+        _stamp[0] = now_ms
+        _stamp[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{ms:03d}Z"
+    return str(_stamp[1])
 
 
 def iso_from_epoch(seconds: float) -> str:
