@@ -78,7 +78,13 @@ class NodeConfig(_Section):
 
 
 class SchedulerConfig(_Section):
-    strategy: str = "loaded_least_busy"
+    strategy: str = "intelligent"
+    queue: bool = True  # hold requests at the gateway while every slot is busy (late binding)
+    max_waiting: int = 1024  # requests held at once before 503
+    max_waiting_per_key: int = 256  # per API key before 429
+
+    def __post_init__(self) -> None:
+        _positive(self, "max_waiting", "max_waiting_per_key")
 
 
 class LogConfig(_Section):

@@ -7,7 +7,8 @@
     │   ├── ModelNotFound         404: no node has the model
     │   ├── PayloadTooLarge       413: body over the configured cap
     │   └── NotFound              404: unknown path or object
-    ├── Unavailable               503: nothing can serve now (all nodes down, queue full)
+    ├── Unavailable               503: nothing can serve now (all nodes down)
+    ├── QueueFull (scheduler.queue)  503 / 429 with Retry-After: admission control refused
     ├── UpstreamError             a node failed *before the first byte*: retryable elsewhere
     │   ├── UpstreamConnectError  could not connect / connection dropped before an answer
     │   ├── UpstreamTimeout       connect or first-token timeout
@@ -29,6 +30,7 @@ class OllamaMaxError(Exception):
     """Base of every error OllamaMax raises on purpose."""
 
     status = 500
+    headers: dict[str, str] = {}  # extra response headers (e.g. Retry-After); never mutated
 
     @property
     def message(self) -> str:

@@ -50,7 +50,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except OllamaMaxError as exc:
-        return error_response(exc.status, exc.message, openai)
+        return error_response(exc.status, exc.message, openai, headers=exc.headers or None)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -39,7 +39,7 @@ def gateway(
 async def run_gateway(conf: cfg.Config, announce_file: str | None = None) -> None:
     gw = Gateway(conf)
     runner, url = await server.start_site(gw.app(), conf.gateway.listen)
-    log.info("gateway on %s over %d backends", url, len(gw.view.nodes))
+    log.info("gateway on %s over %d backends", url, len(gw.view.present_nodes()))
     if announce_file:
         server.announce(announce_file, url=url)
     try:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
 from typing import Any
@@ -29,18 +28,17 @@ from ollamamax.errors import ConfigError, NotFound
 from ollamamax.gateway.adapters import Adapter, OllamaPassthrough
 from ollamamax.gateway.health import HealthChecker
 from ollamamax.gateway.proxy import RequestPath
+from ollamamax.gateway.route import Request, route_request
 from ollamamax.gateway.upstream import Upstream
 from ollamamax.metrics import CONTENT_TYPE, GatewayMetrics
-from ollamamax.models.names import model_key, try_key
-from ollamamax.scheduler import ClusterView, RouteRequest, Scheduler
+from ollamamax.models.names import try_key
+from ollamamax.scheduler import ClusterView, Scheduler
+from ollamamax.scheduler.queue import AdmissionQueue
+from ollamamax.scheduler.router import Router
 
 log = logging.getLogger(__name__)
 
 _UNSUPPORTED = ("pull", "push", "create", "delete", "copy")
-
-
-# Clients send the same few model names again and again; invalid names raise and are not cached.
-_model_key = functools.lru_cache(maxsize=4096)(model_key)
 
 
 def parse_backend(spec: str) -> tuple[str, str]:
@@ -63,10 +61,14 @@ class Gateway:
             self.view.add(*parse_backend(spec))
         self.metrics = GatewayMetrics()
         self.upstream = Upstream(config.gateway)
-        self.scheduler = Scheduler(config.scheduler.strategy)
-        self.path = RequestPath(config.gateway, self.view, self.scheduler, self.upstream,
-                                self.metrics)
-        self.health = HealthChecker(config.gateway, self.view, self.upstream, self.metrics)
+        sched = config.scheduler
+        self.scheduler = Scheduler(sched.strategy)
+        queue = AdmissionQueue(max_waiting=sched.max_waiting,
+                               max_per_key=sched.max_waiting_per_key) if sched.queue else None
+        self.router = Router(self.scheduler, self.view, queue)
+        self.path = RequestPath(config.gateway, self.router, self.upstream, self.metrics)
+        self.health = HealthChecker(config.gateway, self.view, self.upstream, self.metrics,
+                                    on_change=self._capacity_changed)
         self._health_task: asyncio.Task[None] | None = None
         self.max_body = config.gateway.max_body_bytes
 
@@ -107,43 +109,46 @@ class Gateway:
             self._health_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._health_task
+        await self.path.close()
         await self.upstream.close()
+
+    def _capacity_changed(self) -> None:
+        """Telemetry arrived: held requests may fit where slots freed."""
+        self.path.deliver_ticks()
 
     # -- inference -----------------------------------------------------------------------
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = await read_body(request, self.max_body)
         req = ot.decode(body, ot.ChatRequest)
-        return await self.forward(request, "chat", req.model_name, "/api/chat", body,
-                                  ot.wants_stream(req))
+        return await self.forward(request, "chat", req, "/api/chat", body, ot.wants_stream(req))
 
     async def generate(self, request: web.Request) -> web.StreamResponse:
         body = await read_body(request, self.max_body)
         req = ot.decode(body, ot.GenerateRequest)
-        return await self.forward(request, "generate", req.model_name, "/api/generate", body,
+        return await self.forward(request, "generate", req, "/api/generate", body,
                                   ot.wants_stream(req))
 
     async def embed(self, request: web.Request) -> web.StreamResponse:
         body = await read_body(request, self.max_body)
         req = ot.decode(body, ot.EmbedRequest)
-        return await self.forward(request, "embed", req.model_name, "/api/embed", body, False)
+        return await self.forward(request, "embed", req, "/api/embed", body, False)
 
     async def embeddings(self, request: web.Request) -> web.StreamResponse:
         body = await read_body(request, self.max_body)
         req = ot.decode(body, ot.EmbeddingsRequest)
-        return await self.forward(request, "embeddings", req.model_name, "/api/embeddings",
-                                  body, False)
+        return await self.forward(request, "embeddings", req, "/api/embeddings", body, False)
 
     async def show(self, request: web.Request) -> web.StreamResponse:
         body = await read_body(request, self.max_body)
         req = ot.decode(body, ot.ShowRequest)
-        return await self.forward(request, "show", req.model_name, "/api/show", body, False)
+        return await self.forward(request, "show", req, "/api/show", body, False)
 
-    async def forward(self, request: web.Request, endpoint: str, name: str, path: str,
+    async def forward(self, request: web.Request, endpoint: str, req: Request, path: str,
                       body: bytes, stream: bool, adapter: Adapter | None = None,
                       ) -> web.StreamResponse:
-        route = RouteRequest(_model_key(name), endpoint, stream)
-        return await self.path.forward(request, route, name, path, body,
+        route = route_request(endpoint, req, request.headers, stream)
+        return await self.path.forward(request, route, req.model_name, path, body,
                                        adapter or OllamaPassthrough())
 
     # -- the cluster as one Ollama ---------------------------------------------------------
@@ -174,7 +179,8 @@ class Gateway:
         return json_response({"models": entries})
 
     async def _fan_out(self, path: str) -> list[tuple[str, list[dict[str, Any]]]]:
-        nodes = [n for n in self.view.nodes.values() if n.healthy]
+        view = self.view
+        nodes = [(view.ids[i], view.urls[i]) for i in view.present_nodes() if view.healthy[i]]
 
         async def one(node_id: str, url: str) -> tuple[str, list[dict[str, Any]]]:
             try:
@@ -187,7 +193,7 @@ class Gateway:
                 log.warning("%s: %s failed: %s", node_id, path, exc or type(exc).__name__)
                 return node_id, []
 
-        return list(await asyncio.gather(*(one(n.id, n.url) for n in nodes)))
+        return list(await asyncio.gather(*(one(node_id, url) for node_id, url in nodes)))
 
     async def unsupported(self, request: web.Request) -> web.Response:
         raise NotFound(f"{request.method} {request.path} is not served by the OllamaMax gateway "
@@ -196,19 +202,30 @@ class Gateway:
     # -- the gateway's own endpoints -------------------------------------------------------
 
     async def healthz(self, request: web.Request) -> web.Response:
-        healthy = sum(1 for n in self.view.nodes.values() if n.healthy)
-        return json_response({"status": "ok", "version": __version__, "nodes": len(self.view.nodes),
-                              "nodes_healthy": healthy, "health_ticks": self.health.ticks})
+        view = self.view
+        present = view.present_nodes()
+        return json_response({"status": "ok", "version": __version__, "nodes": len(present),
+                              "nodes_healthy": sum(1 for i in present if view.healthy[i]),
+                              "health_ticks": self.health.ticks, "strategy": self.scheduler.name,
+                              "waiting": len(self.router.queue) if self.router.queue else 0})
 
     async def metrics_endpoint(self, request: web.Request) -> web.Response:
         return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
     async def nodes(self, request: web.Request) -> web.Response:
         now = time.monotonic()
+        view = self.view
+        names = view.model_names
+
+        def models_where(i: int, cells: list[Any]) -> list[str]:
+            return sorted(names[m] for m, cell in enumerate(cells) if cell[i])
+
         return json_response({"nodes": [
-            {"id": n.id, "url": n.url, "healthy": n.healthy, "models": sorted(n.models),
-             "loaded": sorted(n.loaded), "in_flight": n.in_flight, "served": n.served,
-             "queue_depth": n.queue_depth, "last_error": n.last_error,
-             "checked_s_ago": round(now - n.updated_at, 3) if n.updated_at else None,
-             "engine": n.info.get("engine")}
-            for n in self.view.nodes.values()]})
+            {"id": view.ids[i], "url": view.urls[i], "healthy": bool(view.healthy[i]),
+             "draining": bool(view.draining[i]), "models": models_where(i, view.has),
+             "loaded": models_where(i, view.loaded), "in_flight": int(view.in_flight[i]),
+             "served": int(view.served[i]), "queue_depth": int(view.queue_depth[i]),
+             "last_error": view.last_error[i],
+             "checked_s_ago": round(now - float(view.updated_at[i]), 3) if view.updated_at[i] else None,
+             "engine": view.info[i].get("engine")}
+            for i in view.present_nodes()]})

@@ -1,9 +1,9 @@
 """Active health checks: poll every node, mark it down after failures and up after success.
 
-Nodes run by OllamaMax answer ``GET /telemetry`` (health, models, what is loaded, queue).
-A stock Ollama server without a node agent answers 404 there; it is then read through
-``/api/tags`` and ``/api/ps``, as Ollama itself exposes them. Each tick returns one sentence
-per change, so the loop explains itself in the log and in tests.
+Nodes run by OllamaMax answer ``GET /telemetry`` (health, models, what is loaded, slots,
+queue, memory). A stock Ollama server without a node agent answers 404 there; it is then read
+through ``/api/tags`` and ``/api/ps``, as Ollama itself exposes them. Each tick returns one
+sentence per change, so the loop explains itself in the log and in tests.
 """
 
 from __future__ import annotations
@@ -20,28 +20,32 @@ from ollamamax.config import GatewayConfig
 from ollamamax.gateway.upstream import Upstream
 from ollamamax.metrics import GatewayMetrics
 from ollamamax.models.names import try_key
-from ollamamax.scheduler import ClusterView, NodeState
+from ollamamax.scheduler import ClusterView, LoadedModel
 
 log = logging.getLogger(__name__)
 
 
 class HealthChecker:
     def __init__(self, config: GatewayConfig, view: ClusterView, upstream: Upstream,
-                 metrics: GatewayMetrics, clock: Callable[[], float] = time.monotonic) -> None:
+                 metrics: GatewayMetrics, clock: Callable[[], float] = time.monotonic,
+                 on_change: Callable[[], None] | None = None) -> None:
         self.config = config
         self.view = view
         self.upstream = upstream
         self.metrics = metrics
         self.clock = clock
-        self._failures: dict[str, int] = {}
-        self._successes: dict[str, int] = {}
+        self.on_change = on_change  # capacity may have freed: re-check held requests
+        self._failures: dict[int, int] = {}
+        self._successes: dict[int, int] = {}
         self.ticks = 0  # liveness: the loop still turns
 
     async def tick(self) -> list[str]:
         """Check every node once; return what changed, one sentence each."""
-        nodes = list(self.view.nodes.values())
-        results = await asyncio.gather(*(self._check(n) for n in nodes))
+        nodes = self.view.present_nodes()
+        results = await asyncio.gather(*(self._check(i) for i in nodes))
         self.ticks += 1
+        if self.on_change is not None:
+            self.on_change()
         return [sentence for sentence in results if sentence]
 
     async def run(self) -> None:
@@ -51,61 +55,69 @@ class HealthChecker:
                 log.info("%s", sentence)
             await asyncio.sleep(max(0.0, self.config.health_interval - (self.clock() - started)))
 
-    async def _check(self, node: NodeState) -> str:
+    async def _check(self, i: int) -> str:
         try:
-            info = await self._probe(node)
+            info = await self._probe(self.view.urls[i])
         except Exception as exc:  # noqa: BLE001 - any failure is a failed check
-            return self._failed(node, _describe(exc))
-        return self._passed(node, info)
+            return self._failed(i, _describe(exc))
+        return self._passed(i, info)
 
-    async def _probe(self, node: NodeState) -> dict[str, Any]:
+    async def _probe(self, url: str) -> dict[str, Any]:
         timeout = self.config.health_timeout
-        status, body = await self.upstream.get_json(node.url + "/telemetry", timeout)
+        status, body = await self.upstream.get_json(url + "/telemetry", timeout)
         if status == 404:
-            return await self._probe_stock_ollama(node, timeout)
+            return await self._probe_stock_ollama(url, timeout)
         if status != 200:
             raise RuntimeError(f"telemetry answered HTTP {status}")
         return msgspec.json.decode(body)
 
-    async def _probe_stock_ollama(self, node: NodeState, timeout: float) -> dict[str, Any]:
+    async def _probe_stock_ollama(self, url: str, timeout: float) -> dict[str, Any]:
         (s1, tags), (s2, ps) = await asyncio.gather(
-            self.upstream.get_json(node.url + "/api/tags", timeout),
-            self.upstream.get_json(node.url + "/api/ps", timeout))
+            self.upstream.get_json(url + "/api/tags", timeout),
+            self.upstream.get_json(url + "/api/ps", timeout))
         if s1 != 200 or s2 != 200:
             raise RuntimeError(f"/api/tags or /api/ps answered HTTP {s1}/{s2}")
         loaded = msgspec.json.decode(ps).get("models") or []
         return {"engine": "ollama (no agent)",
                 "models": msgspec.json.decode(tags).get("models") or [],
-                "loaded": [{"name": m.get("name") or m.get("model")} for m in loaded],
+                "loaded": [{"name": m.get("name") or m.get("model"), "size": m.get("size", 0),
+                            "slots": 1} for m in loaded],
                 "queue_depth": 0}
 
-    def _passed(self, node: NodeState, info: dict[str, Any]) -> str:
-        self._failures[node.id] = 0
-        self._successes[node.id] = self._successes.get(node.id, 0) + 1
-        models = [try_key(m.get("name", "")) for m in info.get("models", [])]
-        loaded = [try_key(m.get("name", "")) for m in info.get("loaded", [])
-                  if not m.get("loading")]
-        self.view.set_models(node.id, filter(None, models), filter(None, loaded),
-                             int(info.get("queue_depth", 0) or 0))
-        node.info = info
-        if node.healthy or self._successes[node.id] < self.config.healthy_after:
-            node.updated_at = self.clock()
+    def _passed(self, i: int, info: dict[str, Any]) -> str:
+        view = self.view
+        self._failures[i] = 0
+        self._successes[i] = self._successes.get(i, 0) + 1
+        models = [(key, int(m.get("size", 0) or 0)) for m in info.get("models", [])
+                  if (key := try_key(str(m.get("name", ""))))]
+        loaded = [LoadedModel(key, int(m.get("slots", 1) or 1), int(m.get("busy", 0) or 0),
+                              int(m.get("queued", 0) or 0), int(m.get("size", 0) or 0))
+                  for m in info.get("loaded", [])
+                  if not m.get("loading") and (key := try_key(str(m.get("name", ""))))]
+        memory = info.get("memory") or {}
+        view.update(i, models=models, loaded=loaded,
+                    queue_depth=int(info.get("queue_depth", 0) or 0),
+                    mem_free=memory.get("available_bytes"), mem_total=memory.get("total_bytes"),
+                    now=self.clock())
+        view.info[i] = info
+        if view.healthy[i] or self._successes[i] < self.config.healthy_after:
             return ""
-        self.view.set_health(node.id, True, self.clock())
-        self.metrics.node_healthy.labels(node.id).set(1)
-        return f"{node.id} is up ({len(models)} models, {len(loaded)} loaded)"
+        view.set_health(i, True, self.clock())
+        self.metrics.node_healthy.labels(view.ids[i]).set(1)
+        return f"{view.ids[i]} is up ({len(models)} models, {len(loaded)} loaded)"
 
-    def _failed(self, node: NodeState, reason: str) -> str:
-        self._successes[node.id] = 0
-        self._failures[node.id] = self._failures.get(node.id, 0) + 1
-        node.last_error = reason
-        if not node.healthy and node.updated_at:
+    def _failed(self, i: int, reason: str) -> str:
+        view = self.view
+        self._successes[i] = 0
+        self._failures[i] = self._failures.get(i, 0) + 1
+        view.last_error[i] = reason
+        if not view.healthy[i] and view.updated_at[i]:
             return ""
-        if node.healthy and self._failures[node.id] < self.config.unhealthy_after:
+        if view.healthy[i] and self._failures[i] < self.config.unhealthy_after:
             return ""
-        self.view.set_health(node.id, False, self.clock(), reason)
-        self.metrics.node_healthy.labels(node.id).set(0)
-        return f"{node.id} is down after {self._failures[node.id]} failed checks: {reason}"
+        view.set_health(i, False, self.clock(), reason)
+        self.metrics.node_healthy.labels(view.ids[i]).set(0)
+        return f"{view.ids[i]} is down after {self._failures[i]} failed checks: {reason}"
 
 
 def _describe(exc: BaseException) -> str:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from ollamamax.api import ollama_types as ot
 from ollamamax.api import openai_compat as oc
 from ollamamax.api.http import json_response, read_body
 from ollamamax.errors import NotFound
@@ -40,23 +41,24 @@ class OpenAIRoutes:
         call = oc.chat_request(body, created=int(time.time()), serial=next(_serial))
         stream = oc.ChatStream(call.reply) if call.reply.stream else None
         adapter = OpenAIAdapter(call.reply, oc.chat_completion, stream)
-        return await self.gateway.forward(request, "chat", call.reply.model, call.path,
-                                          call.body, call.reply.stream, adapter)
+        return await self.gateway.forward(request, "chat", ot.decode(call.body, ot.ChatRequest),
+                                          call.path, call.body, call.reply.stream, adapter)
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         body = await read_body(request, self.gateway.max_body)
         call = oc.completion_request(body, created=int(time.time()), serial=next(_serial))
         stream = oc.CompletionStream(call.reply) if call.reply.stream else None
         adapter = OpenAIAdapter(call.reply, oc.text_completion, stream)
-        return await self.gateway.forward(request, "generate", call.reply.model, call.path,
-                                          call.body, call.reply.stream, adapter)
+        return await self.gateway.forward(
+            request, "generate", ot.decode(call.body, ot.GenerateRequest), call.path, call.body,
+            call.reply.stream, adapter)
 
     async def embeddings(self, request: web.Request) -> web.StreamResponse:
         body = await read_body(request, self.gateway.max_body)
         call = oc.embedding_request(body)
         adapter = OpenAIAdapter(call.reply, oc.embedding_list)
-        return await self.gateway.forward(request, "embed", call.reply.model, call.path,
-                                          call.body, False, adapter)
+        return await self.gateway.forward(request, "embed", ot.decode(call.body, ot.EmbedRequest),
+                                          call.path, call.body, False, adapter)
 
     async def models(self, request: web.Request) -> web.Response:
         return json_response(oc.model_list({"models": await self.gateway.union_tags()}))

@@ -1,16 +1,23 @@
-"""The request path: decide, send, fail over before the first byte, stream, record.
+"""The request path: admit, decide, send, fail over before the first byte, stream, record.
 
-A failure before the first byte reaches the client (connection refused, a 5xx, a timeout, a
-node that dies while composing a non-streamed answer) sends the request to the next node of
-the decision. A failure after it ends the stream with an error chunk; the client never hangs.
+The decisions are the scheduler's (`scheduler.router.Router`, shared with the simulator);
+this module only does the I/O around them. A request the router holds in its admission queue
+waits here on a future until a slot frees. A failure before the first byte reaches the client
+(connection refused, a 5xx, a timeout, a node dying while composing a non-streamed answer)
+sends the request to the decision's next fallback. A failure after it ends the stream with an
+error chunk; the client never hangs.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
+import msgspec
 from aiohttp import web
 
 from ollamamax.config import GatewayConfig
@@ -26,117 +33,226 @@ from ollamamax.errors import (
 from ollamamax.gateway.adapters import Adapter
 from ollamamax.gateway.upstream import Reply, Upstream
 from ollamamax.metrics import GatewayMetrics, cached_labels
-from ollamamax.scheduler import ClusterView, RouteRequest, Scheduler
+from ollamamax.scheduler import ClusterView, RouteRequest
+from ollamamax.scheduler.queue import Waiting
+from ollamamax.scheduler.router import Dispatch, Router
 
 log = logging.getLogger(__name__)
 
+TICK_S = 0.05  # how often held requests are re-checked against capacity freed elsewhere
+
+
+@dataclass(slots=True)
+class _Outcome:
+    """How the committed attempt went, for the router's books."""
+
+    ok: bool = False
+    ttft: float = 0.0
+    stats: _Stats | None = None
+
 
 class RequestPath:
-    def __init__(self, config: GatewayConfig, view: ClusterView, scheduler: Scheduler,
-                 upstream: Upstream, metrics: GatewayMetrics,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, config: GatewayConfig, router: Router, upstream: Upstream,
+                 metrics: GatewayMetrics, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
-        self.view = view
-        self.scheduler = scheduler
+        self.router = router
+        self.view: ClusterView = router.view
         self.upstream = upstream
         self.metrics = metrics
         self.clock = clock
         self._requests = cached_labels(metrics.requests)
         self._duration = cached_labels(metrics.duration)
         self._ttft = cached_labels(metrics.ttft)
+        self._retries = cached_labels(metrics.retries)
         self.in_flight = 0
-        metrics.read_in_flight(lambda: self.in_flight,
-                               lambda: {n.id: n.in_flight for n in view.nodes.values()})
+        self._ticker: asyncio.Task[None] | None = None
+        view = self.view
+        metrics.read_in_flight(lambda: self.in_flight, lambda: {
+            view.ids[i]: int(view.in_flight[i]) for i in range(view.n)})
 
     async def forward(self, request: web.Request, route: RouteRequest, requested: str,
                       path: str, body: bytes, adapter: Adapter) -> web.StreamResponse:
         """Serve one inference request from the best node that answers."""
         started = time.perf_counter()
         self.in_flight += 1
-        status, node = 500, ""
+        status, node_id = 500, ""
         try:
-            try:
-                decision = self.scheduler.decide(route, self.view, self.clock())
-            except ModelNotFound:
-                raise ModelNotFound(requested) from None
-            failures: list[UpstreamError] = []
-            for node in decision.nodes[: self.config.max_attempts]:
-                reply = await self._attempt(node, route, path, body, failures)
-                if reply is None:
-                    continue
-                if reply.status == 404 and len(failures) + 1 < len(decision.nodes):
-                    # The node no longer has the model (the view was stale): try the next.
-                    failures.append(UpstreamStatus(node, 404, reply.first))
-                    reply.release()
-                    self._finish(node, route, ok=False)
-                    continue
-                response = await self._respond(request, route, node, reply, adapter, started)
-                status = response.status
-                return response
-            node = ""
-            status = 503
-            raise self._exhausted(requested, failures)
+            dispatch = await self._admit(route, requested)
+            response, node_id = await self._serve(request, dispatch, requested, path, body,
+                                                  adapter, started)
+            status = response.status
+            return response
         except OllamaMaxError as exc:
             status = exc.status
             raise
         finally:
             self.in_flight -= 1
-            self._requests(route.endpoint, str(status), node).inc()
+            self._requests(route.endpoint, str(status), node_id).inc()
             self._duration(route.endpoint).observe(time.perf_counter() - started)
 
-    async def _attempt(self, node: str, route: RouteRequest, path: str, body: bytes,
-                       failures: list[UpstreamError]) -> Reply | None:
-        state = self.view.nodes[node]
-        self.view.started(node)
+    # -- admission -------------------------------------------------------------------------
+
+    async def _admit(self, route: RouteRequest, requested: str) -> Dispatch:
+        loop = asyncio.get_running_loop()
+        ticket: asyncio.Future[Dispatch] = loop.create_future()
         try:
-            return await self.upstream.send(node, state.url + path, body, read_all=not route.stream)
+            outcome = self.router.arrive(route, self.clock(), ticket)
+        except ModelNotFound:
+            raise ModelNotFound(requested) from None
+        if isinstance(outcome, Dispatch):
+            return outcome
+        return await self._wait(outcome, ticket)
+
+    async def _wait(self, waiting: Waiting, ticket: asyncio.Future[Dispatch]) -> Dispatch:
+        """Hold a queued request until the router dispatches it (or the wait is too long)."""
+        self._ensure_ticker()
+        try:
+            async with asyncio.timeout(self.config.ttft_timeout):
+                return await ticket
+        except BaseException as exc:  # timed out, or the client went away
+            if ticket.done() and not ticket.cancelled():
+                dispatch = ticket.result()  # dispatched in that same instant: give it back
+                self._deliver(self.router.released(dispatch.decision.node, dispatch.model,
+                                                   self.clock()))
+            else:
+                self.router.cancel(waiting)
+            if isinstance(exc, TimeoutError):
+                raise Unavailable(f"no slot freed within {self.config.ttft_timeout:g} s") from None
+            raise
+
+    def _deliver(self, dispatches: list[Dispatch]) -> None:
+        for dispatch in dispatches:
+            ticket = dispatch.ticket
+            if ticket is not None and not ticket.done():
+                ticket.set_result(dispatch)
+            else:  # its client is gone: free the slot it was given
+                self._deliver(self.router.released(dispatch.decision.node, dispatch.model,
+                                                   self.clock()))
+
+    def deliver_ticks(self) -> None:
+        """Dispatch held requests that fit now (called when telemetry arrives)."""
+        if self.router.queue is not None and len(self.router.queue):
+            self._deliver(self.router.tick(self.clock()))
+
+    def _ensure_ticker(self) -> None:
+        if self._ticker is None or self._ticker.done():
+            self._ticker = asyncio.get_running_loop().create_task(self._tick(), name="admission")
+
+    async def _tick(self) -> None:
+        """Re-check held requests while any wait: capacity also frees through telemetry."""
+        queue = self.router.queue
+        while queue is not None and len(queue):
+            await asyncio.sleep(TICK_S)
+            self.deliver_ticks()
+
+    async def close(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+
+    # -- attempts --------------------------------------------------------------------------
+
+    async def _serve(self, request: web.Request, dispatch: Dispatch, requested: str, path: str,
+                     body: bytes, adapter: Adapter, started: float,
+                     ) -> tuple[web.StreamResponse, str]:
+        failures: list[UpstreamError] = []
+        node = dispatch.decision.node
+        fallbacks: Iterator[int] | None = None  # computed only if the first node fails
+        for attempt in range(1, self.config.max_attempts + 1):
+            reply = await self._attempt(node, dispatch, path, body, failures)
+            if reply is not None and reply.status == 404:
+                # The node no longer has the model (the view was stale): try the next, if any.
+                fallbacks = fallbacks or iter(dispatch.decision.fallbacks())
+                nxt = next(fallbacks, None) if attempt < self.config.max_attempts else None
+                if nxt is not None:
+                    failures.append(UpstreamStatus(self.view.ids[node], 404, reply.first))
+                    reply.release()
+                    self.router.failed_over(dispatch, node, nxt, self.clock())
+                    node = nxt
+                    continue
+            if reply is not None:
+                response = await self._committed(request, dispatch, node, reply, adapter, started)
+                return response, self.view.ids[node]
+            fallbacks = fallbacks or iter(dispatch.decision.fallbacks())
+            nxt = next(fallbacks, None) if attempt < self.config.max_attempts else None
+            if nxt is None:
+                break
+            self.router.failed_over(dispatch, node, nxt, self.clock())
+            node = nxt
+        self._deliver(self.router.finished(node, dispatch.model, self.clock(), ok=False))
+        raise self._exhausted(requested, failures)
+
+    async def _committed(self, request: web.Request, dispatch: Dispatch, node: int,
+                         reply: Reply, adapter: Adapter, started: float) -> web.StreamResponse:
+        """Answer from `node`, then tell the router how it went."""
+        outcome = _Outcome()
+        try:
+            response = await self._respond(request, dispatch, node, reply, adapter, started,
+                                           outcome)
+        except BaseException:
+            self._deliver(self.router.released(node, dispatch.model, self.clock()))
+            raise
+        stats = outcome.stats
+        self._deliver(self.router.finished(
+            node, dispatch.model, self.clock(), ok=outcome.ok, ttft=outcome.ttft,
+            duration=time.perf_counter() - started, stream=dispatch.request.stream,
+            prompt_tokens=stats.prompt_eval_count if stats else dispatch.request.prompt_tokens,
+            output_tokens=stats.eval_count if stats else 0,
+            prefill_s=stats.prompt_eval_duration / 1e9 if stats else 0.0,
+            decode_s=stats.eval_duration / 1e9 if stats else 0.0))
+        return response
+
+    async def _attempt(self, node: int, dispatch: Dispatch, path: str, body: bytes,
+                       failures: list[UpstreamError]) -> Reply | None:
+        view = self.view
+        node_id = view.ids[node]
+        try:
+            return await self.upstream.send(node_id, view.urls[node] + path, body,
+                                            read_all=not dispatch.request.stream)
         except UpstreamError as exc:
-            self._finish(node, route, ok=False)
             failures.append(exc)
             reason = type(exc).__name__.removeprefix("Upstream").lower() or "error"
-            self.metrics.retries.labels(reason).inc()
+            self._retries(reason).inc()
             log.warning("%s; trying the next node", exc.message)
-            if isinstance(exc, UpstreamConnectError) and self.view.set_health(
+            if isinstance(exc, UpstreamConnectError) and view.set_health(
                     node, False, self.clock(), exc.reason):
-                self.metrics.node_healthy.labels(node).set(0)
-                log.warning("marked %s down: %s", node, exc.reason)
+                self.metrics.node_healthy.labels(node_id).set(0)
+                log.warning("marked %s down: %s", node_id, exc.reason)
             return None
 
-    async def _respond(self, request: web.Request, route: RouteRequest, node: str, reply: Reply,
-                       adapter: Adapter, started: float) -> web.StreamResponse:
-        ok = False
-        try:
-            if not route.stream or reply.status >= 400:
-                response = adapter.whole(reply.status, reply.first)
-                reply.release()
-                ok = reply.status < 400
-                self._ttft(route.endpoint).observe(time.perf_counter() - started)
-                return response
-            response, ok = await self._stream(request, route, node, reply, adapter, started)
+    async def _respond(self, request: web.Request, dispatch: Dispatch, node: int, reply: Reply,
+                       adapter: Adapter, started: float, outcome: _Outcome,
+                       ) -> web.StreamResponse:
+        endpoint = dispatch.request.endpoint
+        if not dispatch.request.stream or reply.status >= 400:
+            response = adapter.whole(reply.status, reply.first)
+            reply.release()
+            outcome.ok = reply.status < 400
+            outcome.ttft = time.perf_counter() - started
+            outcome.stats = _stats(reply.first) if outcome.ok else None
+            self._ttft(endpoint).observe(outcome.ttft)
             return response
-        finally:
-            self._finish(node, route, ok)
-
-    async def _stream(self, request: web.Request, route: RouteRequest, node: str, reply: Reply,
-                      adapter: Adapter, started: float) -> tuple[web.StreamResponse, bool]:
         response = web.StreamResponse(headers={"Content-Type": adapter.stream_content_type})
         await response.prepare(request)
         try:
             await response.write(adapter.feed(reply.first))
-            self._ttft(route.endpoint).observe(time.perf_counter() - started)
+            outcome.ttft = time.perf_counter() - started
+            self._ttft(endpoint).observe(outcome.ttft)
+            last = reply.first
             async for data in reply.chunks():
+                last = data
                 out = adapter.feed(data)
                 if out:
                     await response.write(out)
             tail = adapter.end()
         except StreamBroken as exc:
             log.warning("%s; ending the stream with an error", exc.message)
-            self.metrics.stream_errors.labels(node).inc()
-            tail = adapter.error(exc.message)
+            self.metrics.stream_errors.labels(self.view.ids[node]).inc()
             reply.close()
-            await response.write(tail)
+            await response.write(adapter.error(exc.message))
             await response.write_eof()
-            return response, False
+            return response
         except BaseException:
             reply.close()  # the client went away: let the node stop generating
             raise
@@ -144,13 +260,37 @@ class RequestPath:
             await response.write(tail)
         await response.write_eof()
         reply.release()
-        return response, True
-
-    def _finish(self, node: str, route: RouteRequest, ok: bool) -> None:
-        self.view.finished(node, route.model, ok)
+        outcome.ok = True
+        outcome.stats = _stats(last)
+        return response
 
     def _exhausted(self, requested: str, failures: list[UpstreamError]) -> OllamaMaxError:
         if not failures:
             return Unavailable(f"no node can serve model '{requested}' now")
         reasons = "; ".join(f.message for f in failures)
         return Unavailable(f"no node could answer for model '{requested}': {reasons}")
+
+
+class _Stats(msgspec.Struct):
+    """The statistics in Ollama's final chunk, as far as the router learns from them."""
+
+    done: bool = False
+    prompt_eval_count: int = 0
+    prompt_eval_duration: int = 0
+    eval_count: int = 0
+    eval_duration: int = 0
+
+
+_stats_decoder = msgspec.json.Decoder(_Stats)
+
+
+def _stats(data: bytes) -> _Stats | None:
+    """The final chunk's statistics, if `data` ends with it (embeddings and others: None)."""
+    line = data.rstrip().rpartition(b"\n")[2]
+    if b'"done":true' not in line or len(line) > 4096:
+        return None
+    try:
+        stats = _stats_decoder.decode(line)
+    except msgspec.DecodeError:
+        return None
+    return stats if stats.done else None

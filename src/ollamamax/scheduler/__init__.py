@@ -1,11 +1,12 @@
 """The scheduler: pure routing decisions (no I/O, no clock; time is an argument).
 
-`decide(request, view, now)` returns the node to try and the ordered fallbacks. The same
-code runs inside the gateway and inside the cluster simulator.
+`Scheduler.decide(request, view, now)` returns the node to try and the ordered fallbacks. The
+same code runs inside the gateway and inside the cluster simulator.
 """
 
-from ollamamax.scheduler.decide import Scheduler
-from ollamamax.scheduler.request import Decision, RouteRequest
-from ollamamax.scheduler.view import ClusterView, NodeState
+from ollamamax.scheduler.decide import Candidates, Scheduler
+from ollamamax.scheduler.request import PRIORITIES, Decision, RouteRequest
+from ollamamax.scheduler.view import ClusterView, LoadedModel
 
-__all__ = ["ClusterView", "Decision", "NodeState", "RouteRequest", "Scheduler"]
+__all__ = ["PRIORITIES", "Candidates", "ClusterView", "Decision", "LoadedModel",
+           "RouteRequest", "Scheduler"]

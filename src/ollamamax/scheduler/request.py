@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+# Priority classes, most urgent first (a header or an API key's default picks one).
+PRIORITIES = {"interactive": 0, "default": 1, "batch": 2}
 
 
 @dataclass(frozen=True, slots=True)
@@ -10,17 +14,43 @@ class RouteRequest:
     """A request's metadata, as much as routing needs (never the HTTP request itself)."""
 
     model: str  # canonical model key, e.g. "smollm2:135m"
-    endpoint: str = "chat"  # chat | generate | embed | show
+    endpoint: str = "chat"  # chat | generate | embed | embeddings | show
     stream: bool = True
+    prompt_tokens: int = 0  # estimated
+    output_tokens: int = 0  # expected (num_predict), 0 when unknown
+    prefix: tuple[int, ...] = ()  # chained hashes of the prompt's blocks (`scheduler.prefix`)
+    priority: int = 1  # PRIORITIES value
+    key: str = ""  # who asks (an API key's id): fairness and quotas
+    deadline: float | None = None  # absolute time by which it should start, if any
+    require: frozenset[str] = frozenset()  # node labels it needs, "k=v"
+    exclude: frozenset[str] = frozenset()  # node labels it must avoid
 
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """Nodes to try in order: the first is the choice, the rest are fallbacks."""
+    """The node to try first and, on demand, the ordered fallbacks.
 
-    nodes: tuple[str, ...]
+    Fallbacks are needed only when the first node fails, so strategies may compute them
+    lazily (`rest` is then a function); the order is fixed from the decision's own snapshot.
+    `wait` says the chosen node cannot start the request now (every slot busy): a gateway with
+    an admission queue holds it until a slot frees instead of sending it to wait in a node.
+    """
+
+    node: int
+    rest: tuple[int, ...] | Callable[[], tuple[int, ...]] = ()
     reason: str = ""
+    wait: bool = False
+    _cache: list[tuple[int, ...]] = field(default_factory=list, compare=False, repr=False)
 
-    @property
-    def node(self) -> str | None:
-        return self.nodes[0] if self.nodes else None
+    def fallbacks(self) -> tuple[int, ...]:
+        if not callable(self.rest):
+            return self.rest
+        if not self._cache:
+            self._cache.append(tuple(i for i in self.rest() if i != self.node))
+        return self._cache[0]
+
+    def ordered(self) -> tuple[int, ...]:
+        """The first node, then the fallbacks."""
+        return () if self.node < 0 else (self.node, *self.fallbacks())
+
+

@@ -1,24 +1,30 @@
 """Routing v0: a node with the model already loaded, then the fewest requests in flight.
 
-Ties go to the node this gateway has sent the fewest requests to, then by id, so equal nodes
-share the work and the decision is deterministic.
+Ties go to the node this gateway has sent the fewest requests to, then the lowest number, so
+equal nodes share the work and the decision is deterministic.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import numpy as np
 
+from ollamamax.scheduler.decide import Candidates
 from ollamamax.scheduler.request import Decision, RouteRequest
-from ollamamax.scheduler.view import ClusterView, NodeState
+from ollamamax.scheduler.view import ClusterView
 
 
 class LoadedLeastBusy:
     name = "loaded_least_busy"
 
-    def choose(self, request: RouteRequest, candidates: Sequence[NodeState], view: ClusterView,
+    def __init__(self, seed: int = 0) -> None:
+        del seed  # deterministic
+
+    def choose(self, request: RouteRequest, candidates: Candidates, view: ClusterView,
                now: float) -> Decision:
-        ranked = sorted(candidates, key=lambda n: (
-            request.model not in n.loaded, n.in_flight, n.served, n.id))
+        idx = candidates.indices
+        m = candidates.model
+        order = np.lexsort((idx, view.served[idx], view.in_flight[idx], ~view.loaded[m][idx]))
+        ranked = tuple(int(i) for i in idx[order])
         first = ranked[0]
-        why = "loaded" if request.model in first.loaded else "not loaded anywhere free"
-        return Decision(tuple(n.id for n in ranked), f"{why}, {first.in_flight} in flight")
+        why = "loaded" if view.loaded[m][first] else "not loaded anywhere free"
+        return Decision(first, ranked[1:], f"{why}, {view.in_flight[first]} in flight")

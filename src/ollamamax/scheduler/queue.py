@@ -1,0 +1,137 @@
+"""Requests waiting at the gateway for a free slot: priority, deadlines, aging, fairness, limits.
+
+When no node can start a request now, it waits here instead of in one node's queue, so it can
+go to whichever node frees a slot first (late binding). Each waiting request gets a *tag*, a
+virtual start time, and the smallest tag goes first:
+
+    tag = max(now, last tag of the same key) + class offset, capped by the request's deadline
+
+- the class offset puts ``interactive`` before ``default`` before ``batch``, yet a batch
+  request that has waited longer than the offset competes as a new interactive one: aging, so
+  nothing starves;
+- a key's tags advance by one `quantum` per request, so a key that floods the queue is served
+  in turn with the others, not before them (start-time fair queuing);
+- limits: at most `max_waiting` in all (503) and `max_per_key` per key (429), both with a
+  Retry-After estimated from the recent dispatch rate.
+
+Requests wait per model (one heap each), so a freed slot of model *m* goes straight to the best
+request for *m* with no head-of-line blocking by other models. Pure: time is an argument.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from ollamamax.errors import OllamaMaxError
+
+# seconds of virtual time each class starts behind `interactive`
+CLASS_OFFSET = (0.0, 2.0, 30.0)
+
+
+class QueueFull(OllamaMaxError):
+    """Refused by admission control; `status` 503 (global) or 429 (per key)."""
+
+    def __init__(self, message: str, status: int, retry_after: float) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+        self.headers = {"Retry-After": str(max(1, math.ceil(retry_after)))}
+
+
+@dataclass(order=True, slots=True)
+class Waiting:
+    tag: float
+    seq: int
+    request: Any = field(compare=False)  # the RouteRequest
+    model: int = field(compare=False, default=-1)
+    key: str = field(compare=False, default="")
+    arrived: float = field(compare=False, default=0.0)
+    ticket: Any = field(compare=False, default=None)  # whatever the caller needs back
+    gone: bool = field(compare=False, default=False)  # dispatched or cancelled
+
+
+class AdmissionQueue:
+    def __init__(self, *, max_waiting: int = 1024, max_per_key: int = 256,
+                 quantum: float = 0.1) -> None:
+        self.max_waiting = max_waiting
+        self.max_per_key = max_per_key
+        self.quantum = quantum
+        self._heaps: dict[int, list[Waiting]] = {}
+        self._last_tag: dict[str, float] = {}
+        self._per_key: Counter[str] = Counter()
+        self._seq = itertools.count()
+        self._waiting = 0
+        self._dispatched: deque[float] = deque(maxlen=256)  # recent dispatch times
+
+    def __len__(self) -> int:
+        return self._waiting
+
+    def models(self) -> list[int]:
+        """Models with requests waiting."""
+        return [m for m, heap in self._heaps.items() if heap]
+
+    def push(self, request: Any, model: int, now: float, ticket: Any = None) -> Waiting:
+        """Queue `request`; `QueueFull` when a limit is reached."""
+        key = getattr(request, "key", "")
+        if self._waiting >= self.max_waiting:
+            raise QueueFull(f"server busy: {self._waiting} requests are waiting; try again later",
+                            503, self.retry_after())
+        if self._per_key[key] >= self.max_per_key:
+            raise QueueFull(f"too many requests waiting for this key ({self._per_key[key]}); "
+                            "try again later", 429, self.retry_after(self._per_key[key]))
+        priority = min(max(getattr(request, "priority", 1), 0), len(CLASS_OFFSET) - 1)
+        start = max(now, self._last_tag.get(key, now))
+        self._last_tag[key] = start + self.quantum
+        tag = start + CLASS_OFFSET[priority]
+        deadline = getattr(request, "deadline", None)
+        if deadline is not None:
+            tag = min(tag, deadline)
+        item = Waiting(tag, next(self._seq), request, model, key, now, ticket)
+        heapq.heappush(self._heaps.setdefault(model, []), item)
+        self._per_key[key] += 1
+        self._waiting += 1
+        return item
+
+    def peek(self, model: int) -> Waiting | None:
+        heap = self._heaps.get(model)
+        while heap and heap[0].gone:
+            heapq.heappop(heap)
+        return heap[0] if heap else None
+
+    def pop(self, model: int, now: float) -> Waiting | None:
+        """The next request for `model`, or None."""
+        item = self.peek(model)
+        if item is None:
+            return None
+        heapq.heappop(self._heaps[model])
+        item.gone = True
+        self._forget(item)
+        self._dispatched.append(now)
+        return item
+
+    def cancel(self, item: Waiting) -> None:
+        """The request gave up (client left, deadline passed); removed lazily from its heap."""
+        if not item.gone:
+            item.gone = True
+            self._forget(item)
+
+    def retry_after(self, ahead: int | None = None) -> float:
+        """Seconds until `ahead` (default: all waiting) requests are likely dispatched."""
+        ahead = self._waiting if ahead is None else ahead
+        if len(self._dispatched) >= 2:
+            span = self._dispatched[-1] - self._dispatched[0]
+            rate = (len(self._dispatched) - 1) / span if span > 0 else 0.0
+            if rate > 0:
+                return max(1.0, math.ceil(ahead / rate))
+        return 1.0
+
+    def _forget(self, item: Waiting) -> None:
+        self._waiting -= 1
+        self._per_key[item.key] -= 1
+        if self._per_key[item.key] <= 0:
+            del self._per_key[item.key]

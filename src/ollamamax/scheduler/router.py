@@ -1,0 +1,113 @@
+"""Admission, decision and bookkeeping: the request lifecycle the gateway and simulator share.
+
+    arrive(request, now)  -> Dispatch (send it now) | Waiting (held in the admission queue)
+    failed_over(dispatch, failed, to, now)   the node failed before the first byte; next one
+    finished(node, model, now, ...)    it ended -> waiting requests that can start now
+    tick(now)                          periodic re-check (capacity freed elsewhere)
+
+A Dispatch is counted as started on its decision's node when it is made, so the next
+decision already sees that slot taken.
+
+The gateway wraps this with sockets and futures, the cluster simulator with events; neither
+decides anything itself, so a routing gain measured in simulation is a gain of the product.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ollamamax.scheduler.decide import Scheduler
+from ollamamax.scheduler.queue import AdmissionQueue, Waiting
+from ollamamax.scheduler.request import Decision, RouteRequest
+from ollamamax.scheduler.view import ClusterView
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    request: RouteRequest
+    model: int
+    decision: Decision
+    ticket: Any = None
+    queued_at: float | None = None  # when it entered the admission queue, if it waited
+
+
+class Router:
+    def __init__(self, scheduler: Scheduler, view: ClusterView,
+                 queue: AdmissionQueue | None = None) -> None:
+        self.scheduler = scheduler
+        self.view = view
+        self.queue = queue
+
+    def arrive(self, request: RouteRequest, now: float, ticket: Any = None) -> Dispatch | Waiting:
+        """Decide now, or hold the request if every slot is busy and there is a queue.
+
+        Raises `ModelNotFound`/`Unavailable` from the decision and `QueueFull` from admission.
+        """
+        decision = self.scheduler.decide(request, self.view, now)
+        m = self.view.model_index[request.model]
+        if decision.wait and self.queue is not None:
+            return self.queue.push(request, m, now, ticket)
+        dispatch = Dispatch(request, m, decision, ticket)
+        self._start(dispatch, decision.node)
+        return dispatch
+
+    def failed_over(self, dispatch: Dispatch, failed: int, to: int, now: float) -> None:
+        """`failed` could not serve `dispatch` before its first byte; it goes to `to`."""
+        self.view.finished(failed, dispatch.model, ok=False)
+        self.view.profiles.record(failed, dispatch.model, ok=False)
+        self._start(dispatch, to)
+
+    def _start(self, dispatch: Dispatch, node: int) -> None:
+        self.view.started(node, dispatch.model)
+        if dispatch.request.prefix:
+            self.view.prefixes.record(node, dispatch.request.prefix)
+
+    def finished(self, node: int, model: int, now: float, *, ok: bool, ttft: float = 0.0,
+                 duration: float = 0.0, prompt_tokens: int = 0, output_tokens: int = 0,
+                 prefill_s: float = 0.0, decode_s: float = 0.0, stream: bool = True,
+                 ) -> list[Dispatch]:
+        """Record the outcome; return waiting requests that can start now."""
+        view = self.view
+        latency = ttft if stream else (duration / output_tokens if output_tokens else duration)
+        # the profile first: finishing tells the strategies' listeners to re-read it
+        view.profiles.record(node, model, ok=ok, ttft=ttft, prompt_tokens=prompt_tokens,
+                             prefill_s=prefill_s, output_tokens=output_tokens,
+                             decode_s=decode_s, latency=latency if ok else None)
+        view.finished(node, model, ok)
+        view.history.append(time=now, node=node, model=model, prompt_tokens=prompt_tokens,
+                            output_tokens=output_tokens, ttft=ttft, duration=duration,
+                            outcome="ok" if ok else "error")
+        return self.drain(now, first=model)
+
+    def released(self, node: int, model: int, now: float) -> list[Dispatch]:
+        """A request ended without an outcome worth recording (the client went away)."""
+        self.view.finished(node, model, ok=False)
+        return self.drain(now, first=model)
+
+    def tick(self, now: float) -> list[Dispatch]:
+        return self.drain(now)
+
+    def cancel(self, waiting: Waiting) -> None:
+        if self.queue is not None:
+            self.queue.cancel(waiting)
+
+    def drain(self, now: float, first: int | None = None) -> list[Dispatch]:
+        """Dispatch waiting requests, best first per model, while a node can start them."""
+        if self.queue is None or not len(self.queue):
+            return []
+        models = self.queue.models()
+        if first is not None and first in models:
+            models.remove(first)
+            models.insert(0, first)
+        out = []
+        for m in models:
+            while (item := self.queue.peek(m)) is not None:
+                decision = self.scheduler.decide(item.request, self.view, now)
+                if decision.wait:
+                    break
+                self.queue.pop(m, now)
+                dispatch = Dispatch(item.request, m, decision, item.ticket, item.arrived)
+                self._start(dispatch, decision.node)  # the next decision sees the slot taken
+                out.append(dispatch)
+        return out
