@@ -55,6 +55,33 @@ def gateway(
         raise typer.Exit(1)
 
 
+@app.command()
+def decide(
+    nodes: Annotated[str, typer.Option(help="Comma-separated cluster sizes.")] = "1000,10000",
+    strategy: Annotated[str, typer.Option(help="Comma-separated strategies (default all).")] = "",
+    decisions: Annotated[int, typer.Option(min=10, help="Timed decisions per case.")] = 5000,
+    json_file: Annotated[Path | None, typer.Option(
+        "--json", help="Also write the results as JSON to this file.")] = None,
+) -> None:
+    """The time one routing decision takes, per strategy, at each cluster size."""
+    from rich.table import Table
+
+    from ollamamax.bench import decide as bench
+
+    sizes = list(_levels(nodes))
+    names = [s.strip() for s in strategy.split(",") if s.strip()] or bench.all_strategies()
+    results = bench.run(sizes, names, decisions, progress=err.print)
+    table = Table("strategy", "nodes", "p50 us", "p99 us", "mean us",
+                  title="Scheduler.decide, one decision", box=None)
+    for r in results:
+        table.add_row(r.strategy, str(r.nodes), f"{r.p50_us:.1f}", f"{r.p99_us:.1f}",
+                      f"{r.mean_us:.1f}")
+    out.print(table)
+    if json_file is not None:
+        bench.write_json(results, json_file)
+        out.print(f"wrote {json_file}")
+
+
 def _levels(text: str) -> tuple[int, ...]:
     try:
         levels = tuple(int(part) for part in text.split(",") if part.strip())

@@ -82,6 +82,8 @@ class Scheduler:
             raise ModelNotFound(request.model)
         extra = view.label_mask(request.require, request.exclude)
         candidates = Candidates(view, m, extra, panic=view.routable_holders[m] == 0)
+        if extra is None and candidates.panic and len(candidates) == 0:
+            raise Unavailable(f"every node with model '{request.model}' has left the cluster")
         if extra is not None and len(candidates) == 0:
             raise Unavailable(f"no node with model '{request.model}' matches the labels "
                               f"required {sorted(request.require)} / excluded "

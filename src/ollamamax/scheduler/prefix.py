@@ -65,28 +65,57 @@ class PrefixIndex:
                     del self._holders[old]
 
     def matches(self, blocks: Sequence[int], limit: int = 0) -> dict[int, int]:
-        """``{node: leading blocks it holds}`` for every node holding at least the first."""
-        if not blocks:
+        """``{node: leading blocks it holds}`` for every node holding at least the first.
+
+        Blocks are held in prefix order (`record` keeps a prompt's first blocks the most
+        recent), so the run of blocks every remaining node holds is found by galloping and
+        bisection: O(log blocks) lookups per node that drops out, not one per block. Were an
+        eviction to leave a hole mid-prompt, a node would be credited up to the next drop.
+        """
+        end = len(blocks) if limit <= 0 else min(limit, len(blocks))
+        if not end:
             return {}
-        first = self._holders.get(blocks[0])
-        if not first:
+        holders = self._holders
+        alive = holders.get(blocks[0])
+        if not alive:
             return {}
-        alive = set(first)
         depth: dict[int, int] = {}
         k = 1
-        end = len(blocks) if limit <= 0 else min(limit, len(blocks))
         while alive and k < end:
-            holders = self._holders.get(blocks[k])
-            if not holders:
+            k = self._first_drop(alive, blocks, k, end)
+            if k >= end:
                 break
-            dropped = alive - holders
-            for node in dropped:
+            held = holders.get(blocks[k]) or set()
+            for node in alive - held:
                 depth[node] = k
-            alive -= dropped
+            alive = alive & held
             k += 1
         for node in alive:
-            depth[node] = k
+            depth[node] = end if k >= end else k
         return depth
+
+    def _first_drop(self, alive: set[int], blocks: Sequence[int], k: int, end: int) -> int:
+        """The first index >= k whose block some node of `alive` does not hold (or `end`)."""
+        holders = self._holders
+
+        def all_hold(j: int) -> bool:
+            held = holders.get(blocks[j])
+            return held is not None and alive <= held
+
+        lo, hi, step = k, end, 1
+        while lo < end:  # gallop: 1, 2, 4, ... blocks ahead
+            j = min(lo + step - 1, end - 1)
+            if not all_hold(j):
+                hi = j
+                break
+            lo, step = j + 1, step * 2
+        while lo < hi:  # then bisect between the last good and the first bad
+            mid = (lo + hi) // 2
+            if all_hold(mid):
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo
 
     def longest(self, blocks: Sequence[int]) -> tuple[int, int]:
         """The node holding the longest prefix of `blocks` and its length, (-1, 0) if none."""

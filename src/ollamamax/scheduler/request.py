@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 # Priority classes, most urgent first (a header or an API key's default picks one).
 PRIORITIES = {"interactive": 0, "default": 1, "batch": 2}
@@ -26,7 +26,6 @@ class RouteRequest:
     exclude: frozenset[str] = frozenset()  # node labels it must avoid
 
 
-@dataclass(frozen=True, slots=True)
 class Decision:
     """The node to try first and, on demand, the ordered fallbacks.
 
@@ -34,23 +33,28 @@ class Decision:
     lazily (`rest` is then a function); the order is fixed from the decision's own snapshot.
     `wait` says the chosen node cannot start the request now (every slot busy): a gateway with
     an admission queue holds it until a slot frees instead of sending it to wait in a node.
+    (A plain class: a frozen dataclass cost more to build than the rest of a decision.)
     """
 
-    node: int
-    rest: tuple[int, ...] | Callable[[], tuple[int, ...]] = ()
-    reason: str = ""
-    wait: bool = False
-    _cache: list[tuple[int, ...]] = field(default_factory=list, compare=False, repr=False)
+    __slots__ = ("_fallbacks", "node", "reason", "rest", "wait")
+
+    def __init__(self, node: int, rest: tuple[int, ...] | Callable[[], tuple[int, ...]] = (),
+                 reason: str = "", wait: bool = False) -> None:
+        self.node = node
+        self.rest = rest
+        self.reason = reason
+        self.wait = wait
+        self._fallbacks: tuple[int, ...] | None = None
 
     def fallbacks(self) -> tuple[int, ...]:
-        if not callable(self.rest):
-            return self.rest
-        if not self._cache:
-            self._cache.append(tuple(i for i in self.rest() if i != self.node))
-        return self._cache[0]
+        if self._fallbacks is None:
+            rest = self.rest() if callable(self.rest) else self.rest
+            self._fallbacks = tuple(i for i in rest if i != self.node)
+        return self._fallbacks
 
     def ordered(self) -> tuple[int, ...]:
         """The first node, then the fallbacks."""
         return () if self.node < 0 else (self.node, *self.fallbacks())
 
-
+    def __repr__(self) -> str:
+        return f"Decision(node={self.node}, reason={self.reason!r}, wait={self.wait})"

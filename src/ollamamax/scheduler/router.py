@@ -54,8 +54,9 @@ class Router:
 
     def failed_over(self, dispatch: Dispatch, failed: int, to: int, now: float) -> None:
         """`failed` could not serve `dispatch` before its first byte; it goes to `to`."""
-        self.view.finished(failed, dispatch.model, ok=False)
+        # the profile first: finishing tells the strategies' listeners to re-read it
         self.view.profiles.record(failed, dispatch.model, ok=False)
+        self.view.finished(failed, dispatch.model, ok=False)
         self._start(dispatch, to)
 
     def _start(self, dispatch: Dispatch, node: int) -> None:

@@ -133,16 +133,19 @@ class ClusterView:
 
     # -- membership ------------------------------------------------------------------------
 
-    def add(self, node_id: str, url: str = "", *, labels: Iterable[str] = (), mem_total: int = 0,
-            speed: float = 1.0) -> int:
-        """Register a node (or refresh one already known); return its number."""
+    def add(self, node_id: str, url: str = "", *, labels: Iterable[str] | None = None,
+            mem_total: int | None = None, speed: float | None = None) -> int:
+        """Register a node (or refresh one already known: what is not given is kept)."""
         i = self.index.get(node_id)
         if i is None:
             i = self._append(node_id)
         self.urls[i] = url or self.urls[i]
-        self._set_labels(i, frozenset(labels))
-        self.mem_total[i] = mem_total
-        self.speed[i] = speed
+        if labels is not None:
+            self._set_labels(i, frozenset(labels))
+        if mem_total is not None:
+            self.mem_total[i] = mem_total
+        if speed is not None:
+            self.speed[i] = speed
         if not self.present[i]:
             self.present[i] = True
             self._update_routable(i)
