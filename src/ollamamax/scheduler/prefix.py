@@ -79,6 +79,9 @@ class PrefixIndex:
         alive = holders.get(blocks[0])
         if not alive:
             return {}
+        last = holders.get(blocks[end - 1])
+        if last is not None and alive <= last:  # the usual case: whoever has it has it all
+            return dict.fromkeys(alive, end)
         depth: dict[int, int] = {}
         k = 1
         while alive and k < end:
@@ -96,22 +99,18 @@ class PrefixIndex:
 
     def _first_drop(self, alive: set[int], blocks: Sequence[int], k: int, end: int) -> int:
         """The first index >= k whose block some node of `alive` does not hold (or `end`)."""
-        holders = self._holders
-
-        def all_hold(j: int) -> bool:
-            held = holders.get(blocks[j])
-            return held is not None and alive <= held
-
+        get = self._holders.get
+        empty: set[int] = set()
         lo, hi, step = k, end, 1
         while lo < end:  # gallop: 1, 2, 4, ... blocks ahead
             j = min(lo + step - 1, end - 1)
-            if not all_hold(j):
+            if not alive <= get(blocks[j], empty):
                 hi = j
                 break
             lo, step = j + 1, step * 2
         while lo < hi:  # then bisect between the last good and the first bad
             mid = (lo + hi) // 2
-            if all_hold(mid):
+            if alive <= get(blocks[mid], empty):
                 lo = mid + 1
             else:
                 hi = mid

@@ -30,7 +30,8 @@ class Decision:
     """The node to try first and, on demand, the ordered fallbacks.
 
     Fallbacks are needed only when the first node fails, so strategies may compute them
-    lazily (`rest` is then a function); the order is fixed from the decision's own snapshot.
+    lazily (`rest` is then a function, called at most once, when first asked: from the view
+    as it is after the failure, which is fresher than the decision's).
     `wait` says the chosen node cannot start the request now (every slot busy): a gateway with
     an admission queue holds it until a slot frees instead of sending it to wait in a node.
     (A plain class: a frozen dataclass cost more to build than the rest of a decision.)

@@ -17,9 +17,9 @@ For each candidate node *i* and the request's model *m*:
   else from the node's hardware speed factor.
 
 Everything but the request-specific part is kept per (model, node) in arrays updated through
-the view's listeners when something changes, so a decision is two vector operations, an
-argmin and a few scalar corrections for the nodes holding the prompt's prefix. Fallbacks are
-ranked from the same snapshot only when asked for.
+the view's listeners when something changes, so a decision is two in-place vector operations,
+an argmin and a few scalar comparisons for the nodes holding the prompt's prefix. Fallbacks
+are ranked only when the first node fails, from the view as it is then.
 
 `wait` is set when the best node has no free slot: a gateway with an admission queue then
 holds the request until a slot frees anywhere (late binding) instead of queueing it in one
@@ -54,12 +54,14 @@ class Intelligent:
         self.view: ClusterView | None = None
         self.base: list[np.ndarray] = []  # per model: every cost except the prompt's prefill
         self.rate: list[np.ndarray] = []  # per model: prefill seconds per token, slowdown in
+        self._scratch = np.empty(0)  # one decision's estimates (decisions never overlap)
 
     # -- keeping the arrays current --------------------------------------------------------
 
     def bind(self, view: ClusterView) -> None:
         self.view = view
         self.base, self.rate = [], []
+        self._scratch = np.empty(view.capacity)
         for m in range(len(view.model_names)):
             self.model_added(view, m)
         view.subscribe(self)
@@ -71,6 +73,7 @@ class Intelligent:
             self._refresh(view, i, model)
 
     def resized(self, view: ClusterView) -> None:
+        self._scratch = np.empty(view.capacity)
         self.base = [_grown(a, view.capacity, INF) for a in self.base]
         self.rate = [_grown(a, view.capacity, PREFILL_S_PER_TOKEN) for a in self.rate]
 
@@ -132,30 +135,53 @@ class Intelligent:
             idx = candidates.indices
             order = tuple(int(i) for i in idx[np.argsort(view.in_flight[idx], kind="stable")])
             return Decision(order[0], order[1:], "every holder is down")
-        tokens = request.prompt_tokens
-        est = self.rate[m] * tokens
-        est += self.base[m]
-        if candidates.extra is not None:
-            est[~candidates.mask] = INF
-        cached = view.prefixes.matches(request.prefix) if request.prefix and tokens else {}
-        if cached:
-            per_block = tokens / len(request.prefix)
-            rate = self.rate[m]
-            for node, blocks in cached.items():
-                est[node] -= min(blocks * per_block, tokens) * rate[node]
+        est = self._estimate(request, candidates, m, self._scratch)
         best = int(est.argmin())
-        if est[best] == INF:  # nothing with a finite cost (too big everywhere): try anyway
+        best_cost = est.item(best)
+        # The prefix only lowers the cost of the few nodes holding it: compare them as scalars.
+        cached = view.prefixes.matches(request.prefix) if request.prefix else {}
+        for node, cost in self._cached_costs(request, m, est, cached):
+            if cost < best_cost:
+                best, best_cost = node, cost
+        if best_cost == INF:  # nothing with a finite cost (too big everywhere): try anyway
             best = int(candidates.indices[0])
-        loaded = bool(view.loaded[m][best])
-        wait = loaded and view.free_slots(best, m) == 0
+        c = view.cells
+        loaded = c["loaded"][m].item(best)
+        wait = loaded and c["slots"][m].item(best) <= c["busy"][m].item(best) + \
+            c["reported_busy"][m].item(best)
         reason = ("prefix cached, " if best in cached else "") + (
             "waits for a slot" if wait else "loaded" if loaded else "cold load")
-        return Decision(best, lambda: _ranked(est, view.n), reason, wait)
+        return Decision(best, lambda: self._ranked(request, candidates, view), reason, wait)
 
+    def _estimate(self, request: RouteRequest, candidates: Candidates, m: int,
+                  out: np.ndarray) -> np.ndarray:
+        """Expected TTFT per node, before prefix savings (into `out`)."""
+        np.multiply(self.rate[m], request.prompt_tokens, out=out)
+        out += self.base[m]
+        if candidates.extra is not None:
+            out[~candidates.mask] = INF
+        return out
 
-def _ranked(est: np.ndarray, n: int) -> tuple[int, ...]:
-    order = np.argsort(est[:n], kind="stable")
-    return tuple(int(i) for i in order if est[i] < INF)
+    def _cached_costs(self, request: RouteRequest, m: int, est: np.ndarray,
+                      cached: dict[int, int]) -> list[tuple[int, float]]:
+        tokens = request.prompt_tokens
+        if not cached or not tokens:
+            return []
+        per_block = tokens / len(request.prefix)
+        rate = self.rate[m]
+        return [(node, est.item(node) - min(blocks * per_block, tokens) * rate.item(node))
+                for node, blocks in cached.items()]
+
+    def _ranked(self, request: RouteRequest, candidates: Candidates,
+                view: ClusterView) -> tuple[int, ...]:
+        """Every finite-cost candidate, cheapest first, from the view as it is when asked."""
+        m = candidates.model
+        est = self._estimate(request, candidates, m, np.empty(view.capacity))
+        cached = view.prefixes.matches(request.prefix) if request.prefix else {}
+        for node, cost in self._cached_costs(request, m, est, cached):
+            est[node] = cost
+        order = np.argsort(est[: view.n], kind="stable")
+        return tuple(int(i) for i in order if est[i] < INF)
 
 
 def _grown(a: np.ndarray, capacity: int, fill: float) -> np.ndarray:
