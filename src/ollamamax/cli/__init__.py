@@ -22,13 +22,14 @@ def version() -> None:
 
 
 def _register() -> None:
-    from ollamamax.cli import bench, gateway, models, node, up
+    from ollamamax.cli import bench, gateway, models, node, sim, up
 
     app.command(name="node")(node.node)
     app.command(name="gateway")(gateway.gateway)
     app.command(name="up")(up.up)
     app.add_typer(models.app, name="models")
     app.add_typer(bench.app, name="bench")
+    app.command(name="sim")(sim.sim)
 
 
 def main() -> None:
