@@ -73,6 +73,9 @@ def sim(
     gateway_queue: Annotated[str, Opt(
         "--gateway-queue", help="Hold requests at the gateway while every slot is busy: auto "
         "(only intelligent, as published), on, off.")] = "auto",
+    warmup: Annotated[float, Opt(
+        help="Virtual seconds at the start whose arrivals are served but not counted (the "
+        "cluster's first cold loads are not its steady state).")] = 0.0,
 ) -> None:
     """Simulate a cluster in virtual time and compare routing strategies on one workload.
 
@@ -97,7 +100,7 @@ def sim(
     config = _fit(base, wl, slots=slots, max_loaded=max_loaded, max_queue=max_queue,
                   keep_alive=keep_alive, num_ctx=num_ctx, telemetry_s=telemetry,
                   network_s=network_ms / 1000.0, gateway_queue=_queue_mode(gateway_queue),
-                  gateway_prefix_tokens=gateway_prefix_tokens)
+                  gateway_prefix_tokens=gateway_prefix_tokens, warmup_s=warmup)
     err.print(f"{wl.name}: {len(wl.requests)} requests at {wl.rate:.3g}/s on {nodes} nodes; "
               f"strategies: {', '.join(names)}")
     report = _run(wl, config, names)

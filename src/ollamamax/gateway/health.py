@@ -98,6 +98,7 @@ class HealthChecker:
         view.update(i, models=models, loaded=loaded,
                     queue_depth=int(info.get("queue_depth", 0) or 0),
                     mem_free=memory.get("available_bytes"), mem_total=memory.get("total_bytes"),
+                    max_loaded=info.get("max_loaded"), num_parallel=info.get("num_parallel"),
                     now=self.clock())
         view.info[i] = info
         if view.healthy[i] or self._successes[i] < self.config.healthy_after:

@@ -79,7 +79,7 @@ class RequestPath:
         try:
             dispatch = await self._admit(route, requested)
             response, node_id = await self._serve(request, dispatch, requested, path, body,
-                                                  adapter, started)
+                                                  adapter, started, time.perf_counter())
             status = response.status
             return response
         except OllamaMaxError as exc:
@@ -154,8 +154,9 @@ class RequestPath:
     # -- attempts --------------------------------------------------------------------------
 
     async def _serve(self, request: web.Request, dispatch: Dispatch, requested: str, path: str,
-                     body: bytes, adapter: Adapter, started: float,
+                     body: bytes, adapter: Adapter, started: float, sent: float,
                      ) -> tuple[web.StreamResponse, str]:
+        """`started`: when the request arrived; `sent`: when it left the admission queue."""
         failures: list[UpstreamError] = []
         node = dispatch.decision.node
         fallbacks: Iterator[int] | None = None  # computed only if the first node fails
@@ -172,7 +173,8 @@ class RequestPath:
                     node = nxt
                     continue
             if reply is not None:
-                response = await self._committed(request, dispatch, node, reply, adapter, started)
+                response = await self._committed(request, dispatch, node, reply, adapter, started,
+                                                 sent)
                 return response, self.view.ids[node]
             fallbacks = fallbacks or iter(dispatch.decision.fallbacks())
             nxt = next(fallbacks, None) if attempt < self.config.max_attempts else None
@@ -184,7 +186,8 @@ class RequestPath:
         raise self._exhausted(requested, failures)
 
     async def _committed(self, request: web.Request, dispatch: Dispatch, node: int,
-                         reply: Reply, adapter: Adapter, started: float) -> web.StreamResponse:
+                         reply: Reply, adapter: Adapter, started: float,
+                         sent: float) -> web.StreamResponse:
         """Answer from `node`, then tell the router how it went."""
         outcome = _Outcome()
         try:
@@ -196,8 +199,9 @@ class RequestPath:
         stats = outcome.stats
         self._deliver(self.router.finished(
             node, dispatch.model, self.clock(), ok=outcome.ok, ttft=outcome.ttft,
-            duration=time.perf_counter() - started, stream=dispatch.request.stream,
+            duration=time.perf_counter() - sent, stream=dispatch.request.stream,
             prompt_tokens=stats.prompt_eval_count if stats else dispatch.request.prompt_tokens,
+            cached_tokens=stats.prompt_eval_cached_count if stats else 0,
             output_tokens=stats.eval_count if stats else 0,
             prefill_s=stats.prompt_eval_duration / 1e9 if stats else 0.0,
             decode_s=stats.eval_duration / 1e9 if stats else 0.0))
@@ -276,6 +280,7 @@ class _Stats(msgspec.Struct):
 
     done: bool = False
     prompt_eval_count: int = 0
+    prompt_eval_cached_count: int = 0  # set by nodes that report prefix-cache hits
     prompt_eval_duration: int = 0
     eval_count: int = 0
     eval_duration: int = 0

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 ALPHA = 0.2  # weight of the newest observation in the moving averages
 WINDOW = 10  # latencies kept per profile (LiteLLM averages its last 10)
+MIN_PREFILL_TOKENS = 32  # fewer evaluated tokens measure the fixed overhead, not the speed
 
 
 @dataclass(slots=True)
@@ -22,6 +23,7 @@ class Profile:
     prefill_tps: float = 0.0  # prompt tokens per second of prefill, EWMA
     decode_tps: float = 0.0  # output tokens per second of decoding, EWMA
     error_rate: float = 0.0  # EWMA of failures (1) and successes (0)
+    duration: float = 0.0  # seconds a request holds a slot, EWMA over successful requests
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=WINDOW))
 
     def mean_latency(self) -> float | None:
@@ -46,7 +48,8 @@ class PerformanceProfiles:
 
     def record(self, node: int, model: int, *, ok: bool, ttft: float = 0.0,
                prompt_tokens: int = 0, prefill_s: float = 0.0, output_tokens: int = 0,
-               decode_s: float = 0.0, latency: float | None = None) -> Profile:
+               decode_s: float = 0.0, latency: float | None = None,
+               duration: float = 0.0) -> Profile:
         """Fold one finished request into the (node, model) profile."""
         key = (node, model)
         profile = self._profiles.get(key)
@@ -63,7 +66,9 @@ class PerformanceProfiles:
             profile.errors += 1
             return profile
         profile.ttft = _ewma(profile.ttft, ttft, first_ok)
-        if prompt_tokens and prefill_s > 0:
+        if duration > 0:
+            profile.duration = _ewma(profile.duration, duration, profile.duration == 0)
+        if prompt_tokens >= MIN_PREFILL_TOKENS and prefill_s > 0:
             profile.prefill_tps = _ewma(profile.prefill_tps, prompt_tokens / prefill_s,
                                         profile.prefill_tps == 0)
         if output_tokens > 1 and decode_s > 0:

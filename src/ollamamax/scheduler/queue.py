@@ -52,6 +52,7 @@ class Waiting:
     key: str = field(compare=False, default="")
     arrived: float = field(compare=False, default=0.0)
     ticket: Any = field(compare=False, default=None)  # whatever the caller needs back
+    target: int = field(compare=False, default=-1)  # the node it waits for a slot of
     gone: bool = field(compare=False, default=False)  # dispatched or cancelled
 
 
@@ -64,6 +65,8 @@ class AdmissionQueue:
         self._heaps: dict[int, list[Waiting]] = {}
         self._last_tag: dict[str, float] = {}
         self._per_key: Counter[str] = Counter()
+        self._per_model: Counter[int] = Counter()
+        self._per_target: Counter[tuple[int, int]] = Counter()  # (model, node) -> held
         self._seq = itertools.count()
         self._waiting = 0
         self._dispatched: deque[float] = deque(maxlen=256)  # recent dispatch times
@@ -71,12 +74,21 @@ class AdmissionQueue:
     def __len__(self) -> int:
         return self._waiting
 
+    def waiting_for(self, model: int) -> int:
+        """Requests held for `model`."""
+        return self._per_model[model]
+
+    def waiting_at(self, node: int, model: int) -> int:
+        """Requests held for a slot of `model` on `node`."""
+        return self._per_target[model, node]
+
     def models(self) -> list[int]:
         """Models with requests waiting."""
         return [m for m, heap in self._heaps.items() if heap]
 
-    def push(self, request: Any, model: int, now: float, ticket: Any = None) -> Waiting:
-        """Queue `request`; `QueueFull` when a limit is reached."""
+    def push(self, request: Any, model: int, now: float, ticket: Any = None,
+             target: int = -1) -> Waiting:
+        """Queue `request` (waiting for a slot of `target`); `QueueFull` at a limit."""
         key = getattr(request, "key", "")
         if self._waiting >= self.max_waiting:
             raise QueueFull(f"server busy: {self._waiting} requests are waiting; try again later",
@@ -91,9 +103,11 @@ class AdmissionQueue:
         deadline = getattr(request, "deadline", None)
         if deadline is not None:
             tag = min(tag, deadline)
-        item = Waiting(tag, next(self._seq), request, model, key, now, ticket)
+        item = Waiting(tag, next(self._seq), request, model, key, now, ticket, target)
         heapq.heappush(self._heaps.setdefault(model, []), item)
         self._per_key[key] += 1
+        self._per_model[model] += 1
+        self._per_target[model, target] += 1
         self._waiting += 1
         return item
 
@@ -132,6 +146,8 @@ class AdmissionQueue:
 
     def _forget(self, item: Waiting) -> None:
         self._waiting -= 1
+        self._per_model[item.model] -= 1
+        self._per_target[item.model, item.target] -= 1
         self._per_key[item.key] -= 1
         if self._per_key[item.key] <= 0:
             del self._per_key[item.key]

@@ -38,6 +38,9 @@ class Router:
         self.scheduler = scheduler
         self.view = view
         self.queue = queue
+        if queue is not None:
+            view.held = queue.waiting_for
+            view.held_at = queue.waiting_at
 
     def arrive(self, request: RouteRequest, now: float, ticket: Any = None) -> Dispatch | Waiting:
         """Decide now, or hold the request if every slot is busy and there is a queue.
@@ -47,7 +50,7 @@ class Router:
         decision = self.scheduler.decide(request, self.view, now)
         m = self.view.model_index[request.model]
         if decision.wait and self.queue is not None:
-            return self.queue.push(request, m, now, ticket)
+            return self.queue.push(request, m, now, ticket, target=decision.node)
         dispatch = Dispatch(request, m, decision, ticket)
         self._start(dispatch, decision.node)
         return dispatch
@@ -65,16 +68,24 @@ class Router:
             self.view.prefixes.record(node, dispatch.request.prefix)
 
     def finished(self, node: int, model: int, now: float, *, ok: bool, ttft: float = 0.0,
-                 duration: float = 0.0, prompt_tokens: int = 0, output_tokens: int = 0,
+                 duration: float = 0.0, prompt_tokens: int = 0, cached_tokens: int = 0,
+                 output_tokens: int = 0,
                  prefill_s: float = 0.0, decode_s: float = 0.0, stream: bool = True,
                  ) -> list[Dispatch]:
-        """Record the outcome; return waiting requests that can start now."""
+        """Record the outcome; return waiting requests that can start now.
+
+        `prompt_tokens` of which `cached_tokens` came from the node's prefix cache, and
+        `prefill_s` the time the rest took, as the node's final statistics say.
+        """
         view = self.view
         latency = ttft if stream else (duration / output_tokens if output_tokens else duration)
         # the profile first: finishing tells the strategies' listeners to re-read it
-        view.profiles.record(node, model, ok=ok, ttft=ttft, prompt_tokens=prompt_tokens,
+        # prefill speed is what the node did: only the tokens it did not have cached
+        view.profiles.record(node, model, ok=ok, ttft=ttft,
+                             prompt_tokens=prompt_tokens - cached_tokens,
                              prefill_s=prefill_s, output_tokens=output_tokens,
-                             decode_s=decode_s, latency=latency if ok else None)
+                             decode_s=decode_s, latency=latency if ok else None,
+                             duration=duration)
         view.finished(node, model, ok)
         view.history.append(time=now, node=node, model=model, prompt_tokens=prompt_tokens,
                             output_tokens=output_tokens, ttft=ttft, duration=duration,

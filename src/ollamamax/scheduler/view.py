@@ -20,7 +20,7 @@ profiles and the task history, so every strategy reads everything from one place
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -42,6 +42,14 @@ class LoadedModel:
     size: int = 0
 
 
+def _none_held(model: int) -> int:
+    return 0
+
+
+def _none_held_at(node: int, model: int) -> int:
+    return 0
+
+
 class ViewListener(Protocol):
     def node_changed(self, view: ClusterView, node: int) -> None:
         """Something node-wide changed (health, draining, queue, memory, membership)."""
@@ -60,11 +68,18 @@ _NODE_ARRAYS: dict[str, Any] = {
     "present": np.bool_, "healthy": np.bool_, "draining": np.bool_, "routable": np.bool_,
     "in_flight": np.int32, "served": np.int64, "queue_depth": np.int32,
     "mem_total": np.int64, "mem_free": np.int64, "speed": np.float64, "updated_at": np.float64,
+    # the node's own limits (telemetry; Ollama's defaults until it reports them)
+    "max_loaded": np.int32, "num_parallel": np.int32,
+    # kept by the view: models resident on the node, and those of them with nothing running
+    "resident": np.int32, "idle_models": np.int32,
 }
 _MODEL_ARRAYS: dict[str, Any] = {
     "has": np.bool_, "loaded": np.bool_, "slots": np.int32, "busy": np.int32,
     "reported_busy": np.int32, "queued": np.int32,
+    "counted": np.bool_, "idle": np.bool_,  # what `resident`/`idle_models` count, per cell
 }
+DEFAULT_MAX_LOADED = 3  # OLLAMA_MAX_LOADED_MODELS
+DEFAULT_NUM_PARALLEL = 1  # OLLAMA_NUM_PARALLEL
 
 
 class ClusterView:
@@ -93,6 +108,8 @@ class ClusterView:
         for name, dtype in _NODE_ARRAYS.items():
             setattr(self, name, np.zeros(self.capacity, dtype))
         self.speed[:] = 1.0
+        self.max_loaded[:] = DEFAULT_MAX_LOADED
+        self.num_parallel[:] = DEFAULT_NUM_PARALLEL
         self.model_names: list[str] = []
         self.model_index: dict[str, int] = {}
         self.model_size: list[int] = []
@@ -101,6 +118,9 @@ class ClusterView:
         self.routable_holders: list[int] = []
         self.label_index: dict[str, np.ndarray] = {}
         self.listeners: list[ViewListener] = []
+        # requests this gateway holds per model, waiting for a slot (set by the router)
+        self.held: Callable[[int], int] = _none_held
+        self.held_at: Callable[[int, int], int] = _none_held_at
         self.prefixes = PrefixIndex(prefix_capacity)
         self.profiles = PerformanceProfiles(profiles)
         self.history = TaskHistory(history)
@@ -192,11 +212,16 @@ class ClusterView:
     def update(self, i: int, *, models: Iterable[tuple[str, int]] = (),
                loaded: Iterable[LoadedModel] = (), queue_depth: int = 0,
                mem_free: int | None = None, mem_total: int | None = None,
+               max_loaded: int | None = None, num_parallel: int | None = None,
                now: float = 0.0) -> None:
         """Apply one telemetry report: the models a node has and which are loaded."""
         self.updated_at[i] = now
         node_wide = int(self.queue_depth[i]) != queue_depth
         self.queue_depth[i] = queue_depth
+        for name, value in (("max_loaded", max_loaded), ("num_parallel", num_parallel)):
+            array = getattr(self, name)
+            if value is not None and value > 0 and int(array[i]) != value:
+                array[i], node_wide = value, True
         if mem_free is not None and int(self.mem_free[i]) != mem_free:
             self.mem_free[i], node_wide = mem_free, True
         if mem_total is not None and int(self.mem_total[i]) != mem_total:
@@ -299,6 +324,8 @@ class ClusterView:
         for name in _NODE_ARRAYS:
             setattr(self, name, grown(getattr(self, name)))
         self.speed[self.capacity:] = 1.0
+        self.max_loaded[self.capacity:] = DEFAULT_MAX_LOADED
+        self.num_parallel[self.capacity:] = DEFAULT_NUM_PARALLEL
         for arrays in self.cells.values():
             arrays[:] = [grown(a) for a in arrays]
         self.label_index = {k: grown(v) for k, v in self.label_index.items()}
@@ -354,5 +381,14 @@ class ClusterView:
             listener.node_changed(self, i)
 
     def _cell_changed(self, i: int, m: int) -> None:
+        c = self.cells
+        loaded = bool(c["loaded"][m][i])
+        if loaded != bool(c["counted"][m][i]):
+            c["counted"][m][i] = loaded
+            self.resident[i] += 1 if loaded else -1
+        idle = loaded and int(c["busy"][m][i]) + int(c["reported_busy"][m][i]) == 0
+        if idle != bool(c["idle"][m][i]):
+            c["idle"][m][i] = idle
+            self.idle_models[i] += 1 if idle else -1
         for listener in self.listeners:
             listener.cell_changed(self, i, m)

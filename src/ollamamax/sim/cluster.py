@@ -70,6 +70,7 @@ class ClusterConfig:
     max_waiting: int = SchedulerConfig().max_waiting
     max_waiting_per_key: int = SchedulerConfig().max_waiting_per_key
     seed: int = 0
+    warmup_s: float = 0.0  # requests arriving earlier are served but not counted
 
     def __post_init__(self) -> None:
         if self.nodes < 1 or self.slots < 1 or self.max_loaded < 1 or self.num_ctx < 1:
@@ -147,6 +148,10 @@ class Tally:
     output_tokens: int = 0
     first_arrival: float = math.inf
     last_end: float = 0.0
+    # per request, for statistics over the measured window (after any warm-up)
+    node: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    prompt: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    cached: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
 
 class Simulation:
@@ -174,8 +179,10 @@ class Simulation:
                               keep_alive=config.keep_alive, kv_tokens=kv_tokens,
                               block_tokens=workload.block_tokens, done=self._node_done)
                       for i, profile in enumerate(node_profiles(config))]
-        self.tally = Tally(ttft=np.full(len(workload.requests), np.nan),
-                           e2e=np.full(len(workload.requests), np.nan))
+        count = len(workload.requests)
+        self.tally = Tally(ttft=np.full(count, np.nan), e2e=np.full(count, np.nan),
+                           node=np.full(count, -1, np.int32), prompt=np.zeros(count, np.int64),
+                           cached=np.zeros(count, np.int64))
         self.open = len(workload.requests)  # requests not yet arrived, or not yet settled
         self.ticking = False
         self.progress: Callable[[int], None] | None = None
@@ -305,12 +312,17 @@ class Simulation:
         tally.finished += 1
         tally.ttft[job.index] = ttft
         tally.e2e[job.index] = now - request.arrival
+        tally.node[job.index] = job.node
+        tally.prompt[job.index] = request.prompt_tokens
+        tally.cached[job.index] = job.cached
         tally.output_tokens += request.output_tokens
         tally.last_end = max(tally.last_end, now)
         self._settled()
         self._deliver(self.router.finished(
             job.node, job.dispatch.model, now, ok=True, ttft=ttft,
-            duration=now - request.arrival, prompt_tokens=request.prompt_tokens,
+            # the slot's time (prefill start to last token), not the wait before it
+            duration=job.ended - (job.first - job.prefill_s), prompt_tokens=request.prompt_tokens,
+            cached_tokens=job.cached,
             output_tokens=request.output_tokens, prefill_s=job.prefill_s,
             decode_s=job.ended - job.first, stream=True))
 

@@ -73,10 +73,32 @@ class Job:
 
 
 class SimNode:
-    __slots__ = ("block_tokens", "cached_tokens", "caches", "cold_loads", "decoding", "dirty",
-                 "done", "expiry_at", "index", "keep_alive", "kv_blocks", "loop", "memory",
-                 "profile", "prompt_tokens", "reported", "residency", "sequences", "served",
-                 "store", "store_items", "tickets", "variable")
+    __slots__ = (
+        "block_tokens",
+        "cached_tokens",
+        "caches",
+        "cold_loads",
+        "decoding",
+        "dirty",
+        "done",
+        "expiry_at",
+        "index",
+        "keep_alive",
+        "kv_blocks",
+        "load_times",
+        "loop",
+        "memory",
+        "profile",
+        "prompt_tokens",
+        "reported",
+        "residency",
+        "sequences",
+        "served",
+        "store",
+        "store_items",
+        "tickets",
+        "variable",
+    )
 
     def __init__(self, index: int, profile: timing.Profile, loop: EventLoop, *,
                  store: dict[str, int], slots: int = 1, max_loaded: int = 3,
@@ -106,6 +128,7 @@ class SimNode:
         self.reported: tuple[Any, ...] = ()  # the signature of the last report
         self.served = 0
         self.cold_loads = 0
+        self.load_times: list[float] = []  # when each cold load began
         self.prompt_tokens = 0
         self.cached_tokens = 0
 
@@ -148,7 +171,8 @@ class SimNode:
                   for m, run in r.runners.items() if not run.loading]
         used = sum(run.size for run in r.runners.values())
         return {"models": self.store_items, "loaded": loaded, "queue_depth": len(r.waiting),
-                "mem_free": self.memory - used, "mem_total": self.memory}
+                "mem_free": self.memory - used, "mem_total": self.memory,
+                "max_loaded": r.max_loaded, "num_parallel": r.num_parallel}
 
     # -- residency actions -----------------------------------------------------------------
 
@@ -158,6 +182,7 @@ class SimNode:
                 self._start(self.tickets.pop(action.ticket.id))
             elif type(action) is Load:
                 self.cold_loads += 1
+                self.load_times.append(self.loop.now)
                 size = self.store[action.model]
                 self.caches[action.model] = timing.PrefixCache(self.kv_blocks)
                 self.loop.after(timing.load_time(self.profile, size), self._loaded, action.model)

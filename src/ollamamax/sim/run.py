@@ -57,25 +57,31 @@ def run(workload: Workload, config: ClusterConfig, names: Sequence[str],
 
 
 def summarise(name: str, sim: Simulation, tally: Tally) -> dict[str, Any]:
-    ok = ~np.isnan(tally.ttft)
-    ttft, e2e = tally.ttft[ok], tally.e2e[ok]
-    span = tally.last_end - tally.first_arrival if tally.arrived else 0.0
-    served = np.array([node.served for node in sim.nodes], dtype=float)
-    prompt = sum(node.prompt_tokens for node in sim.nodes)
-    cached = sum(node.cached_tokens for node in sim.nodes)
+    """The figures of one run, over requests that arrived after the warm-up."""
+    warmup = sim.config.warmup_s
+    arrivals = np.array([r.arrival for r in sim.workload.requests])
+    measured = arrivals >= warmup
+    done = measured & ~np.isnan(tally.ttft)
+    ttft, e2e = tally.ttft[done], tally.e2e[done]
+    start = float(arrivals[measured].min()) if measured.any() else 0.0
+    span = tally.last_end - start
+    served = np.bincount(tally.node[done], minlength=len(sim.nodes)).astype(float)
+    prompt, cached = int(tally.prompt[done].sum()), int(tally.cached[done].sum())
+    output = sum(r.output_tokens for r, ok in zip(sim.workload.requests, done, strict=True) if ok)
     return {
         "strategy": name,
-        "requests": tally.arrived,
-        "failed": sum(tally.failed.values()),
+        "requests": int(measured.sum()),
+        "failed": int(measured.sum() - done.sum()),
         "ttft_p50_s": _pct(ttft, 50), "ttft_p90_s": _pct(ttft, 90), "ttft_p99_s": _pct(ttft, 99),
         "e2e_p50_s": _pct(e2e, 50), "e2e_p99_s": _pct(e2e, 99),
-        "throughput_rps": _round(tally.finished / span if span > 0 else 0.0),
-        "output_tps": _round(tally.output_tokens / span if span > 0 else 0.0),
+        "throughput_rps": _round(float(done.sum()) / span if span > 0 else 0.0),
+        "output_tps": _round(output / span if span > 0 else 0.0),
         "prefix_hit_rate": _round(cached / prompt if prompt else 0.0),
-        "cold_loads": sum(node.cold_loads for node in sim.nodes),
+        "cold_loads": sum(1 for node in sim.nodes for t in node.load_times if t >= warmup),
         "max_over_mean_load": _round(float(served.max() / served.mean()) if served.sum() else 0.0),
         "failovers": tally.failovers,
         "failed_by": dict(sorted(tally.failed.items())),
+        "warmup_s": float(warmup),
         "virtual_s": _round(sim.loop.now),
     }
 

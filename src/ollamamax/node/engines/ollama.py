@@ -102,7 +102,8 @@ class OllamaEngine(Engine):
             loaded.append({"name": key, "size": entry.get("size", 0), "busy": self._busy[key],
                            "slots": self.config.num_parallel, "queued": 0,
                            "expires_at": entry.get("expires_at")})
-        return {"loaded": loaded, "queue_depth": 0, "max_queue": self.config.max_queue}
+        return {"loaded": loaded, "queue_depth": 0, "max_queue": self.config.max_queue,
+                "max_loaded": self.config.max_loaded, "num_parallel": self.config.num_parallel}
 
     # -- HTTP ------------------------------------------------------------------------------
 

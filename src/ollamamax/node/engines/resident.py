@@ -111,8 +111,9 @@ class ResidentEngine(Engine):
                 "queued": self.residency.waiting_for(r.model),
                 "expires_at": None if r.expires_at == float("inf") else self._wall(r.expires_at),
             })
-        return {"loaded": loaded, "queue_depth": self.residency.queue_depth,
-                "max_queue": self.residency.max_queue}
+        r = self.residency
+        return {"loaded": loaded, "queue_depth": r.queue_depth, "max_queue": r.max_queue,
+                "max_loaded": r.max_loaded, "num_parallel": r.num_parallel}
 
     async def close(self) -> None:
         self._closed = True

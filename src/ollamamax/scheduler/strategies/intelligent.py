@@ -5,12 +5,18 @@ For each candidate node *i* and the request's model *m*:
     expected TTFT = wait for a slot + cold load (if not loaded) + overhead
                     + uncached prompt tokens x prefill time per token (slowed by busy slots)
 
-- *wait for a slot*: zero with a free slot; otherwise the requests ahead (busy beyond the
-  slots, plus those the node reports queued) times the node's mean service time for the
-  model, over its slots. This is the load guard, sized for Ollama's one to four slots per
-  model rather than the peers' thresholds of 64 requests.
+- *wait for a slot*: zero with a free slot; otherwise until the first running request ends (a
+  uniform residual of the node's mean slot time: service / (slots + 1)) and then service /
+  slots per request ahead (busy beyond the slots, plus those the node reports queued). This
+  is the load guard, sized for Ollama's one to four slots per model rather than the peers'
+  thresholds of 64 requests. Several full nodes holding the prompt's prefix pool their
+  slots: a held request goes to whichever frees one first.
 - *cold load*: seconds to read the model (base + size / rate, slower nodes slower); a model
-  larger than a node's memory cannot go there at all.
+  larger than a node's memory cannot go there at all. A node already loading it for earlier
+  requests costs about half (the load is under way) plus their turn; a full node must evict
+  an idle model (costing a likely reload later) or, with every model busy, wait for one to
+  finish; and the node's queue goes first. Without these, every cold load of a busy cluster
+  would tie and pile onto one node.
 - *uncached tokens*: the prompt minus the leading blocks the prefix index says the node holds,
   so prefix and KV-cache locality count exactly as much as the prefill time they save.
 - speeds come from the node x model performance profile once requests have been observed,
@@ -33,6 +39,7 @@ import math
 import numpy as np
 
 from ollamamax.scheduler.decide import Candidates
+from ollamamax.scheduler.profiles import Profile
 from ollamamax.scheduler.request import Decision, RouteRequest
 from ollamamax.scheduler.view import ClusterView
 
@@ -42,7 +49,8 @@ SERVICE_S = 2.0  # a typical request's time on a slot
 OVERHEAD_S = 0.03
 LOAD_BASE_S = 2.0  # cold load: fixed part
 LOAD_BYTES_PER_S = 2e9  # and reading the weights (NOTES: 1.5-3 GB/s from disk)
-SLOWDOWN_AT_FULL = 0.5  # per-token times grow by half when every slot is busy (llm-d: 1.5-3.5x)
+SLOWDOWN_AT_FULL = 1.0  # per-token times double when every slot is busy (llm-d: 1.5-3.5x)
+EVICTION = 0.5  # an evicted idle model is likely needed again: half a load, charged now
 INF = math.inf
 
 
@@ -52,6 +60,7 @@ class Intelligent:
     def __init__(self, seed: int = 0) -> None:
         del seed  # deterministic
         self.view: ClusterView | None = None
+        self._seen = np.zeros(0, np.int64)  # per node: residency counts the costs were made with
         self.base: list[np.ndarray] = []  # per model: every cost except the prompt's prefill
         self.rate: list[np.ndarray] = []  # per model: prefill seconds per token, slowdown in
         self._scratch = np.empty(0)  # one decision's estimates (decisions never overlap)
@@ -62,6 +71,7 @@ class Intelligent:
         self.view = view
         self.base, self.rate = [], []
         self._scratch = np.empty(view.capacity)
+        self._seen = np.zeros(view.capacity, np.int64)
         for m in range(len(view.model_names)):
             self.model_added(view, m)
         view.subscribe(self)
@@ -74,6 +84,8 @@ class Intelligent:
 
     def resized(self, view: ClusterView) -> None:
         self._scratch = np.empty(view.capacity)
+        self._seen = np.concatenate([self._seen, np.zeros(view.capacity - len(self._seen),
+                                                          np.int64)])
         self.base = [_grown(a, view.capacity, INF) for a in self.base]
         self.rate = [_grown(a, view.capacity, PREFILL_S_PER_TOKEN) for a in self.rate]
 
@@ -84,6 +96,12 @@ class Intelligent:
 
     def cell_changed(self, view: ClusterView, node: int, model: int) -> None:
         self._refresh(view, node, model)
+        seen = int(view.resident[node]) * 4096 + int(view.idle_models[node])
+        if seen != self._seen[node]:  # the room for a cold load changed: other models' costs
+            self._seen[node] = seen
+            for m, loaded in enumerate(view.cells["loaded"]):
+                if m != model and not loaded[node] and view.cells["has"][m][node]:
+                    self._refresh(view, node, m)
 
     def _refresh(self, view: ClusterView, i: int, m: int) -> None:
         c = view.cells
@@ -92,27 +110,42 @@ class Intelligent:
             self.rate[m][i] = PREFILL_S_PER_TOKEN
             return
         speed = float(view.speed[i]) or 1.0
-        profile = view.profiles.get(i, m)
-        slots = int(c["slots"][m][i]) or 1
+        per_token, service, overhead = self._speeds(view.profiles.get(i, m), speed)
         busy = view.used_slots(i, m)
+        if c["loaded"][m][i]:
+            slots = int(c["slots"][m][i]) or 1
+            load = 0.0
+            ahead = busy + int(c["queued"][m][i]) - slots + 1
+        else:
+            slots = int(view.num_parallel[i]) or 1
+            load = self._load_cost(view, i, m, speed)
+            if busy:  # our earlier requests are already waiting for this very load
+                load *= 0.5
+            elif view.resident[i] >= view.max_loaded[i]:
+                if view.idle_models[i]:
+                    load *= 1.0 + EVICTION
+                else:  # every resident model is busy: the load waits for one to finish
+                    load += service
+            ahead = busy - slots + 1 + int(view.queue_depth[i])
+        # the first slot frees after a uniform residual (service / (slots + 1)), each one
+        # after it about service / slots later
+        wait = service / (slots + 1) + (ahead - 1) * service / slots if ahead > 0 else 0.0
+        self.rate[m][i] = per_token * (1.0 + SLOWDOWN_AT_FULL * min(busy, slots) / slots)
+        self.base[m][i] = wait + load + overhead
+
+    @staticmethod
+    def _speeds(profile: Profile | None, speed: float) -> tuple[float, float, float]:
+        """Prefill seconds per token, seconds a request holds a slot, fixed overhead."""
         per_token = PREFILL_S_PER_TOKEN / speed
         service = SERVICE_S / speed
         overhead = OVERHEAD_S / speed
-        if profile is not None and profile.requests - profile.errors > 0:
+        if profile is not None and profile.requests > profile.errors:
             if profile.prefill_tps > 0:
                 per_token = 1.0 / profile.prefill_tps
-            if profile.latencies and profile.decode_tps > 0:
-                service = profile.ttft + 128 / profile.decode_tps
+            if profile.duration > 0:
+                service = profile.duration
             overhead = min(overhead, profile.ttft)
-        if c["loaded"][m][i]:
-            load = 0.0
-            ahead = busy + int(c["queued"][m][i]) - slots + 1
-            wait = ahead * service / slots if ahead > 0 else 0.0
-        else:
-            load = self._load_cost(view, i, m, speed)
-            wait = 0.0
-        self.rate[m][i] = per_token * (1.0 + SLOWDOWN_AT_FULL * min(busy, slots) / slots)
-        self.base[m][i] = wait + load + overhead
+        return per_token, service, overhead
 
     @staticmethod
     def _load_cost(view: ClusterView, i: int, m: int, speed: float) -> float:
@@ -149,9 +182,35 @@ class Intelligent:
         loaded = c["loaded"][m].item(best)
         wait = loaded and c["slots"][m].item(best) <= c["busy"][m].item(best) + \
             c["reported_busy"][m].item(best)
+        if wait:
+            best, wait = self._hold_or_go(view, m, est, best, best_cost, cached)
+        loaded = c["loaded"][m].item(best)
         reason = ("prefix cached, " if best in cached else "") + (
             "waits for a slot" if wait else "loaded" if loaded else "cold load")
         return Decision(best, lambda: self._ranked(request, candidates, view), reason, wait)
+
+    def _hold_or_go(self, view: ClusterView, m: int, est: np.ndarray, best: int,
+                    best_cost: float, cached: dict[int, int]) -> tuple[int, bool]:
+        """The best node is full: hold the request for a slot there, or start it now elsewhere.
+
+        Held, it goes to whichever full node holding its prefix frees a slot first (their slots
+        pool), after the requests already held for those nodes. Elsewhere: the cheapest node
+        that can start it now (a free slot, or a cold load).
+        """
+        c = view.cells
+        loaded, slots, used = c["loaded"][m], c["slots"][m], c["busy"][m] + c["reported_busy"][m]
+        full = loaded & (used >= slots)
+        pooled = [n for n in cached if full.item(n)] or [best]
+        pool = sum(slots.item(n) for n in pooled)
+        _, service, _ = self._speeds(view.profiles.get(best, m), float(view.speed[best]) or 1.0)
+        own = service / (slots.item(best) + 1)  # the wait est[best] holds already
+        ahead = sum(view.held_at(n, m) for n in pooled) * service / pool
+        hold = best_cost - own + service / (pool + 1) + ahead
+        now = np.where(full, INF, est)
+        other = int(now.argmin())
+        if now.item(other) < hold:
+            return other, False
+        return best, True
 
     def _estimate(self, request: RouteRequest, candidates: Candidates, m: int,
                   out: np.ndarray) -> np.ndarray:
