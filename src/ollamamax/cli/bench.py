@@ -82,6 +82,36 @@ def decide(
         out.print(f"wrote {json_file}")
 
 
+@app.command()
+def routing(
+    strategy: Annotated[str, typer.Option(help="Comma-separated strategies (default all).")] = "",
+    trace: Annotated[Path | None, typer.Option(
+        help="The Mooncake trace (default: ../shared/traces/ beside the checkout).")] = None,
+    requests: Annotated[int, typer.Option(min=100, help="Requests per generated workload.")
+                        ] = 6000,
+    json_file: Annotated[Path | None, typer.Option(
+        "--json", help="Also write the results as JSON to this file.")] = None,
+) -> None:
+    """Every strategy on every workload in the simulator: 16 nodes, 80% load, fixed seeds."""
+    from ollamamax.bench import routing as bench
+    from ollamamax.sim.run import available_strategies, table
+
+    names = [s.strip() for s in strategy.split(",") if s.strip()] or available_strategies()
+    report = bench.run_matrix(names, trace or bench.default_trace(), requests,
+                              progress=err.print)
+    if not out.is_terminal:
+        out.width = max(out.width, 160)
+    for workload in report["workloads"]:
+        out.print(table(workload))
+    for goal in report["goals"]:
+        mark = "[green]met[/]" if goal["met"] else "[red]missed[/]"
+        figures = ", ".join(f"{k} {v}" for k, v in goal.items() if k not in ("goal", "met"))
+        out.print(f"goal: {goal['goal']}: {mark} ({figures})", highlight=False)
+    if json_file is not None:
+        bench.write_json(report, json_file)
+        out.print(f"wrote {json_file}")
+
+
 def _levels(text: str) -> tuple[int, ...]:
     try:
         levels = tuple(int(part) for part in text.split(",") if part.strip())
