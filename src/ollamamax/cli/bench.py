@@ -112,6 +112,31 @@ def routing(
         out.print(f"wrote {json_file}")
 
 
+@app.command()
+def honesty(
+    requests: Annotated[int, typer.Option(min=20, help="Requests to replay.")] = 240,
+    strategy: Annotated[str, typer.Option(help="Routing strategy.")] = "intelligent",
+    json_file: Annotated[Path | None, typer.Option(
+        "--json", help="Also write the results as JSON to this file.")] = None,
+) -> None:
+    """One workload in the simulator and for real (gateway + real-time sim nodes): TTFT."""
+    import json as jsonlib
+
+    from ollamamax.bench import honesty as bench
+
+    report = bench.run(requests, strategy, progress=err.print)
+    sim, real = report["simulated"], report["real"]
+    out.print(f"TTFT p50 / p90 / p99: simulated {sim['ttft_p50_s']:.3f} / {sim['ttft_p90_s']:.3f}"
+              f" / {sim['ttft_p99_s']:.3f} s, real {real['ttft_p50_s']:.3f} / "
+              f"{real['ttft_p90_s']:.3f} / {real['ttft_p99_s']:.3f} s; failed {sim['failed']} / "
+              f"{real['failed']}", highlight=False)
+    verdict = "within" if report["within_15_percent"] else "NOT within"
+    out.print(f"p50 gap {report['ttft_p50_gap']:.1%}: {verdict} 15%", highlight=False)
+    if json_file is not None:
+        json_file.write_text(jsonlib.dumps(report, indent=2) + "\n")
+        out.print(f"wrote {json_file}")
+
+
 def _levels(text: str) -> tuple[int, ...]:
     try:
         levels = tuple(int(part) for part in text.split(",") if part.strip())

@@ -64,12 +64,13 @@ class Intelligent:
         self.base: list[np.ndarray] = []  # per model: every cost except the prompt's prefill
         self.rate: list[np.ndarray] = []  # per model: prefill seconds per token, slowdown in
         self._scratch = np.empty(0)  # one decision's estimates (decisions never overlap)
+        self.full: list[np.ndarray] = []  # per model: loaded there with every slot busy
 
     # -- keeping the arrays current --------------------------------------------------------
 
     def bind(self, view: ClusterView) -> None:
         self.view = view
-        self.base, self.rate = [], []
+        self.base, self.rate, self.full = [], [], []
         self._scratch = np.empty(view.capacity)
         self._seen = np.zeros(view.capacity, np.int64)
         for m in range(len(view.model_names)):
@@ -79,11 +80,14 @@ class Intelligent:
     def model_added(self, view: ClusterView, model: int) -> None:
         self.base.append(np.full(view.capacity, INF))
         self.rate.append(np.full(view.capacity, PREFILL_S_PER_TOKEN))
+        self.full.append(np.zeros(view.capacity, np.bool_))
         for i in range(view.n):
             self._refresh(view, i, model)
 
     def resized(self, view: ClusterView) -> None:
         self._scratch = np.empty(view.capacity)
+        self.full = [np.concatenate([f, np.zeros(view.capacity - len(f), np.bool_)])
+                     for f in self.full]
         self._seen = np.concatenate([self._seen, np.zeros(view.capacity - len(self._seen),
                                                           np.int64)])
         self.base = [_grown(a, view.capacity, INF) for a in self.base]
@@ -108,6 +112,7 @@ class Intelligent:
         if not (c["has"][m][i] and view.routable[i]):
             self.base[m][i] = INF
             self.rate[m][i] = PREFILL_S_PER_TOKEN
+            self.full[m][i] = False
             return
         speed = float(view.speed[i]) or 1.0
         per_token, service, overhead = self._speeds(view.profiles.get(i, m), speed)
@@ -132,6 +137,7 @@ class Intelligent:
         wait = service / (slots + 1) + (ahead - 1) * service / slots if ahead > 0 else 0.0
         self.rate[m][i] = per_token * (1.0 + SLOWDOWN_AT_FULL * min(busy, slots) / slots)
         self.base[m][i] = wait + load + overhead
+        self.full[m][i] = bool(c["loaded"][m][i]) and busy >= slots
 
     @staticmethod
     def _speeds(profile: Profile | None, speed: float) -> tuple[float, float, float]:
@@ -197,16 +203,15 @@ class Intelligent:
         pool), after the requests already held for those nodes. Elsewhere: the cheapest node
         that can start it now (a free slot, or a cold load).
         """
-        c = view.cells
-        loaded, slots, used = c["loaded"][m], c["slots"][m], c["busy"][m] + c["reported_busy"][m]
-        full = loaded & (used >= slots)
+        slots, full = view.cells["slots"][m], self.full[m]
         pooled = [n for n in cached if full.item(n)] or [best]
         pool = sum(slots.item(n) for n in pooled)
         _, service, _ = self._speeds(view.profiles.get(best, m), float(view.speed[best]) or 1.0)
         own = service / (slots.item(best) + 1)  # the wait est[best] holds already
         ahead = sum(view.held_at(n, m) for n in pooled) * service / pool
         hold = best_cost - own + service / (pool + 1) + ahead
-        now = np.where(full, INF, est)
+        now = est  # the decision's own scratch: nothing reads it after this
+        np.putmask(now, full, INF)
         other = int(now.argmin())
         if now.item(other) < hold:
             return other, False

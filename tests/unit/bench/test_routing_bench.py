@@ -1,0 +1,36 @@
+"""The routing benchmarks' own logic (their figures are reported, never asserted)."""
+
+from ollamamax.bench import decide, routing
+
+
+def result(strategy, p99, **extra):
+    return {"strategy": strategy, "ttft_p99_s": p99, "requests": 1000, "cold_loads": 0,
+            "max_over_mean_load": 1.0, **extra}
+
+
+def test_goals_compare_intelligent_with_the_best_other():
+    reports = [
+        {"workload": "shared-prefix", "results": [result("intelligent", 1.0),
+                                                  result("a", 1.6), result("b", 2.0)]},
+        {"workload": "multi-turn", "results": [result("intelligent", 1.0), result("a", 1.2)]},
+        {"workload": "zipf-models", "results": [result("intelligent", 1.0, cold_loads=20),
+                                                result("a", 3.0)]},
+        {"workload": "low-sharing", "results": [result("intelligent", 1.04), result("a", 1.0)]},
+        {"workload": "trace", "results": [result("intelligent", 1.0, max_over_mean_load=1.3)]},
+    ]
+    verdicts = {g["goal"].split(":")[0] + (":cold" if "cold" in g["goal"] else ""): g
+                for g in routing.goals(reports)}
+    assert verdicts["shared-prefix"]["met"] and verdicts["shared-prefix"]["ratio"] == 1.6
+    assert verdicts["shared-prefix"]["best_other_strategy"] == "a"
+    assert not verdicts["multi-turn"]["met"]
+    assert verdicts["zipf-models"]["met"]
+    assert not verdicts["zipf-models:cold"]["met"]  # 2% of requests
+    assert verdicts["low-sharing"]["met"]  # within 5%
+    assert not verdicts["Mooncake trace"]["met"]
+
+
+def test_decide_bench_measures_every_strategy_asked():
+    results = decide.run([50], ["intelligent", "round_robin"], decisions=20, progress=lambda _: 0)
+    assert [(r.strategy, r.nodes, r.decisions) for r in results] == [
+        ("intelligent", 50, 20), ("round_robin", 50, 20)]
+    assert all(0 < r.p50_us <= r.p99_us for r in results)
