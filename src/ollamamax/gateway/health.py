@@ -21,6 +21,9 @@ from ollamamax.gateway.upstream import Upstream
 from ollamamax.metrics import GatewayMetrics
 from ollamamax.models.names import try_key
 from ollamamax.scheduler import ClusterView, LoadedModel
+from ollamamax.scheduler.prefix import BLOCK_CHARS
+
+TOKENS_PER_BLOCK = BLOCK_CHARS // 4  # ~4 characters a token
 
 log = logging.getLogger(__name__)
 
@@ -95,10 +98,13 @@ class HealthChecker:
                   for m in info.get("loaded", [])
                   if not m.get("loading") and (key := try_key(str(m.get("name", ""))))]
         memory = info.get("memory") or {}
+        kv_tokens = int(info.get("num_ctx", 0) or 0) * int(info.get("num_parallel", 0) or 0) \
+            * max(1, len(loaded))
         view.update(i, models=models, loaded=loaded,
                     queue_depth=int(info.get("queue_depth", 0) or 0),
                     mem_free=memory.get("available_bytes"), mem_total=memory.get("total_bytes"),
                     max_loaded=info.get("max_loaded"), num_parallel=info.get("num_parallel"),
+                    prefix_blocks=kv_tokens // TOKENS_PER_BLOCK if kv_tokens else None,
                     now=self.clock())
         view.info[i] = info
         if view.healthy[i] or self._successes[i] < self.config.healthy_after:

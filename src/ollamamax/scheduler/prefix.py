@@ -38,7 +38,8 @@ class PrefixIndex:
     def __init__(self, capacity_per_node: int = 4096) -> None:
         if capacity_per_node < 1:
             raise ValueError("capacity_per_node must be >= 1")
-        self.capacity = capacity_per_node
+        self.capacity = capacity_per_node  # until a node says how much its caches hold
+        self._capacity: dict[int, int] = {}
         self._blocks: dict[int, OrderedDict[int, None]] = {}  # node -> its blocks, LRU order
         self._holders: dict[int, set[int]] = {}  # block -> nodes holding it
 
@@ -56,7 +57,20 @@ class PrefixIndex:
             else:
                 mine[block] = None
                 self._holders.setdefault(block, set()).add(node)
-        while len(mine) > self.capacity:
+        self._trim(node, mine)
+
+    def set_capacity(self, node: int, blocks: int) -> None:
+        """How many blocks `node`'s prefix caches hold (its KV cache, from telemetry)."""
+        blocks = max(1, blocks)
+        if self._capacity.get(node) != blocks:
+            self._capacity[node] = blocks
+            mine = self._blocks.get(node)
+            if mine is not None:
+                self._trim(node, mine)
+
+    def _trim(self, node: int, mine: OrderedDict[int, None]) -> None:
+        limit = self._capacity.get(node, self.capacity)
+        while len(mine) > limit:
             old, _ = mine.popitem(last=False)
             holders = self._holders.get(old)
             if holders is not None:

@@ -11,8 +11,9 @@ virtual start time, and the smallest tag goes first:
   nothing starves;
 - a key's tags advance by one `quantum` per request, so a key that floods the queue is served
   in turn with the others, not before them (start-time fair queuing);
-- limits: at most `max_waiting` in all (503) and `max_per_key` per key (429), both with a
-  Retry-After estimated from the recent dispatch rate.
+- limits: at most `max_waiting` in all (503) and `max_per_key` per identified key (429), both
+  with a Retry-After estimated from the recent dispatch rate; requests without a key share
+  only the global limit.
 
 Requests wait per model (one heap each), so a freed slot of model *m* goes straight to the best
 request for *m* with no head-of-line blocking by other models. Pure: time is an argument.
@@ -66,7 +67,7 @@ class AdmissionQueue:
         self._last_tag: dict[str, float] = {}
         self._per_key: Counter[str] = Counter()
         self._per_model: Counter[int] = Counter()
-        self._per_target: Counter[tuple[int, int]] = Counter()  # (model, node) -> held
+        self._targets: dict[int, Counter[int]] = {}  # model -> node -> requests held for it
         self._seq = itertools.count()
         self._waiting = 0
         self._dispatched: deque[float] = deque(maxlen=256)  # recent dispatch times
@@ -78,9 +79,9 @@ class AdmissionQueue:
         """Requests held for `model`."""
         return self._per_model[model]
 
-    def waiting_at(self, node: int, model: int) -> int:
-        """Requests held for a slot of `model` on `node`."""
-        return self._per_target[model, node]
+    def targets(self, model: int) -> dict[int, int]:
+        """``{node: requests held for its slots of `model`}`` (nodes with none left out)."""
+        return self._targets.get(model) or {}
 
     def models(self) -> list[int]:
         """Models with requests waiting."""
@@ -93,7 +94,7 @@ class AdmissionQueue:
         if self._waiting >= self.max_waiting:
             raise QueueFull(f"server busy: {self._waiting} requests are waiting; try again later",
                             503, self.retry_after())
-        if self._per_key[key] >= self.max_per_key:
+        if key and self._per_key[key] >= self.max_per_key:  # anonymous: the global limit only
             raise QueueFull(f"too many requests waiting for this key ({self._per_key[key]}); "
                             "try again later", 429, self.retry_after(self._per_key[key]))
         priority = min(max(getattr(request, "priority", 1), 0), len(CLASS_OFFSET) - 1)
@@ -107,7 +108,7 @@ class AdmissionQueue:
         heapq.heappush(self._heaps.setdefault(model, []), item)
         self._per_key[key] += 1
         self._per_model[model] += 1
-        self._per_target[model, target] += 1
+        self._targets.setdefault(model, Counter())[target] += 1
         self._waiting += 1
         return item
 
@@ -147,7 +148,10 @@ class AdmissionQueue:
     def _forget(self, item: Waiting) -> None:
         self._waiting -= 1
         self._per_model[item.model] -= 1
-        self._per_target[item.model, item.target] -= 1
+        held = self._targets[item.model]
+        held[item.target] -= 1
+        if held[item.target] <= 0:
+            del held[item.target]
         self._per_key[item.key] -= 1
         if self._per_key[item.key] <= 0:
             del self._per_key[item.key]

@@ -40,7 +40,7 @@ class Router:
         self.queue = queue
         if queue is not None:
             view.held = queue.waiting_for
-            view.held_at = queue.waiting_at
+            view.held_at = queue.targets
 
     def arrive(self, request: RouteRequest, now: float, ticket: Any = None) -> Dispatch | Waiting:
         """Decide now, or hold the request if every slot is busy and there is a queue.

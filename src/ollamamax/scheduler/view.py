@@ -46,8 +46,8 @@ def _none_held(model: int) -> int:
     return 0
 
 
-def _none_held_at(node: int, model: int) -> int:
-    return 0
+def _none_held_at(model: int) -> dict[int, int]:
+    return {}
 
 
 class ViewListener(Protocol):
@@ -120,7 +120,7 @@ class ClusterView:
         self.listeners: list[ViewListener] = []
         # requests this gateway holds per model, waiting for a slot (set by the router)
         self.held: Callable[[int], int] = _none_held
-        self.held_at: Callable[[int, int], int] = _none_held_at
+        self.held_at: Callable[[int], dict[int, int]] = _none_held_at  # model -> {node: n}
         self.prefixes = PrefixIndex(prefix_capacity)
         self.profiles = PerformanceProfiles(profiles)
         self.history = TaskHistory(history)
@@ -213,9 +213,15 @@ class ClusterView:
                loaded: Iterable[LoadedModel] = (), queue_depth: int = 0,
                mem_free: int | None = None, mem_total: int | None = None,
                max_loaded: int | None = None, num_parallel: int | None = None,
-               now: float = 0.0) -> None:
-        """Apply one telemetry report: the models a node has and which are loaded."""
+               prefix_blocks: int | None = None, now: float = 0.0) -> None:
+        """Apply one telemetry report: the models a node has and which are loaded.
+
+        `prefix_blocks`: how many prompt blocks the node's caches hold, which bounds what the
+        prefix index believes the node has (an older prompt is long evicted there).
+        """
         self.updated_at[i] = now
+        if prefix_blocks is not None:
+            self.prefixes.set_capacity(i, prefix_blocks)
         node_wide = int(self.queue_depth[i]) != queue_depth
         self.queue_depth[i] = queue_depth
         for name, value in (("max_loaded", max_loaded), ("num_parallel", num_parallel)):

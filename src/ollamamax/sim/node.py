@@ -172,7 +172,8 @@ class SimNode:
         used = sum(run.size for run in r.runners.values())
         return {"models": self.store_items, "loaded": loaded, "queue_depth": len(r.waiting),
                 "mem_free": self.memory - used, "mem_total": self.memory,
-                "max_loaded": r.max_loaded, "num_parallel": r.num_parallel}
+                "max_loaded": r.max_loaded, "num_parallel": r.num_parallel,
+                "prefix_blocks": self.kv_blocks * max(1, len(loaded))}
 
     # -- residency actions -----------------------------------------------------------------
 

@@ -103,7 +103,8 @@ class OllamaEngine(Engine):
                            "slots": self.config.num_parallel, "queued": 0,
                            "expires_at": entry.get("expires_at")})
         return {"loaded": loaded, "queue_depth": 0, "max_queue": self.config.max_queue,
-                "max_loaded": self.config.max_loaded, "num_parallel": self.config.num_parallel}
+                "max_loaded": self.config.max_loaded, "num_parallel": self.config.num_parallel,
+                "num_ctx": self.config.num_ctx}
 
     # -- HTTP ------------------------------------------------------------------------------
 

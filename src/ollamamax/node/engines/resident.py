@@ -113,7 +113,8 @@ class ResidentEngine(Engine):
             })
         r = self.residency
         return {"loaded": loaded, "queue_depth": r.queue_depth, "max_queue": r.max_queue,
-                "max_loaded": r.max_loaded, "num_parallel": r.num_parallel}
+                "max_loaded": r.max_loaded, "num_parallel": r.num_parallel,
+                "num_ctx": self.config.num_ctx}
 
     async def close(self) -> None:
         self._closed = True

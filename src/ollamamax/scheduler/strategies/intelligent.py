@@ -204,11 +204,19 @@ class Intelligent:
         that can start it now (a free slot, or a cold load).
         """
         slots, full = view.cells["slots"][m], self.full[m]
-        pooled = [n for n in cached if full.item(n)] or [best]
-        pool = sum(slots.item(n) for n in pooled)
+        if len(cached) > 1:
+            nodes = np.fromiter(cached, np.int64, len(cached))
+            pooled = nodes[full[nodes]]
+        else:
+            pooled = np.array([best])
+        if not len(pooled):
+            pooled = np.array([best])
+        pool = int(slots[pooled].sum()) or 1
         _, service, _ = self._speeds(view.profiles.get(best, m), float(view.speed[best]) or 1.0)
         own = service / (slots.item(best) + 1)  # the wait est[best] holds already
-        ahead = sum(view.held_at(n, m) for n in pooled) * service / pool
+        pooled_set = set(pooled.tolist())
+        waiting = sum(count for node, count in view.held_at(m).items() if node in pooled_set)
+        ahead = waiting * service / pool
         hold = best_cost - own + service / (pool + 1) + ahead
         now = est  # the decision's own scratch: nothing reads it after this
         np.putmask(now, full, INF)
@@ -227,14 +235,24 @@ class Intelligent:
         return out
 
     def _cached_costs(self, request: RouteRequest, m: int, est: np.ndarray,
-                      cached: dict[int, int]) -> list[tuple[int, float]]:
+                      cached: dict[int, int], every: bool = False) -> list[tuple[int, float]]:
+        """The cost of nodes holding part of the prompt, prefill savings taken off: of each of
+        them, or (with many, unless `every`) of the cheapest only, all that can matter."""
         tokens = request.prompt_tokens
         if not cached or not tokens:
             return []
         per_block = tokens / len(request.prefix)
         rate = self.rate[m]
-        return [(node, est.item(node) - min(blocks * per_block, tokens) * rate.item(node))
-                for node, blocks in cached.items()]
+        if len(cached) <= 8 and not every:  # the usual few: scalars beat building arrays
+            return [(node, est.item(node) - min(blocks * per_block, tokens) * rate.item(node))
+                    for node, blocks in cached.items()]
+        nodes = np.fromiter(cached.keys(), np.int64, len(cached))
+        held = np.fromiter(cached.values(), np.float64, len(cached))
+        costs = est[nodes] - np.minimum(held * per_block, tokens) * rate[nodes]
+        if every:
+            return list(zip(nodes.tolist(), costs.tolist(), strict=True))
+        k = int(costs.argmin())
+        return [(int(nodes[k]), float(costs[k]))]
 
     def _ranked(self, request: RouteRequest, candidates: Candidates,
                 view: ClusterView) -> tuple[int, ...]:
@@ -242,7 +260,7 @@ class Intelligent:
         m = candidates.model
         est = self._estimate(request, candidates, m, np.empty(view.capacity))
         cached = view.prefixes.matches(request.prefix) if request.prefix else {}
-        for node, cost in self._cached_costs(request, m, est, cached):
+        for node, cost in self._cached_costs(request, m, est, cached, every=True):
             est[node] = cost
         order = np.argsort(est[: view.n], kind="stable")
         return tuple(int(i) for i in order if est[i] < INF)
