@@ -160,3 +160,15 @@ def test_labels_restrict_the_choice(n):
     assert d.node == n
     d = decide(view, prompt_tokens=10, exclude=frozenset({"gpu=a100"}))
     assert d.node != n
+
+
+def test_the_prefix_index_forgets_what_a_node_cannot_hold():
+    """Telemetry bounds what the index believes a node holds: no routing after ghosts."""
+    view = cluster(2, loaded={0, 1}, slots=4)
+    old, new = tuple(range(100, 140)), tuple(range(200, 240))
+    view.prefixes.record(0, old)
+    view.prefixes.record(0, new)
+    assert view.prefixes.matches(old) == {0: 40}
+    view.update(0, models=[(M, 4 * GB)], loaded=[LoadedModel(M, slots=4)], prefix_blocks=40)
+    assert view.prefixes.matches(old) == {}  # evicted: only the newest prompt fits
+    assert view.prefixes.matches(new) == {0: 40}

@@ -105,3 +105,22 @@ def test_everything_pushed_comes_out_exactly_once(items):
         q.push(r, 0, float(t))
     out = drain(q)
     assert sorted(map(id, out)) == sorted(map(id, pushed)) and len(q) == 0
+
+
+def test_requests_without_a_key_share_only_the_global_limit():
+    q = AdmissionQueue(max_waiting=10, max_per_key=2)
+    for _ in range(10):
+        q.push(req(), 0, 0.0)  # anonymous: no per-key limit of 2
+    with pytest.raises(QueueFull) as full:
+        q.push(req(), 0, 0.0)
+    assert full.value.status == 503
+
+
+def test_targets_count_held_requests_per_node():
+    q = AdmissionQueue()
+    a = q.push(req(), 0, 0.0, target=3)
+    q.push(req(), 0, 0.0, target=3)
+    q.push(req(), 0, 0.0, target=5)
+    assert q.targets(0) == {3: 2, 5: 1} and q.targets(1) == {}
+    q.cancel(a)
+    assert q.targets(0) == {3: 1, 5: 1}
