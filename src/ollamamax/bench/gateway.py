@@ -1,11 +1,11 @@
 """``ollamamax bench gateway``: the latency the gateway adds to a request.
 
-One `sim` node answers instantly (profile ``instant``), so what is measured is HTTP and the
-OllamaMax code on the path, not inference. Every case (concurrency x streamed or not) is
-measured twice, against the node directly and through a gateway in front of it, with the
-same load generator (`ollamamax.bench.loadgen`) in this process. The two sides alternate in
-rounds ordered direct-gateway, gateway-direct, ... (ABBA), so a drift of the machine's speed
-during the run weighs on both sides alike.
+One `sim` node answers instantly (profile ``instant``, 64 slots so no request waits for one),
+so what is measured is HTTP and the OllamaMax code on the path, not inference. Every case
+(concurrency x streamed or not) is measured twice, against the node directly and through a
+gateway in front of it, with the same load generator (`ollamamax.bench.loadgen`) in this
+process. The two sides alternate in rounds ordered direct-gateway, gateway-direct, ... (ABBA),
+so a drift of the machine's speed during the run weighs on both sides alike.
 
 Figures per case:
 
@@ -246,6 +246,10 @@ def cluster(run_dir: str | os.PathLike[str] | None = None) -> Iterator[Endpoints
         sup = stack.enter_context(Supervisor(run / "logs"))
         node = sup.start("node", [
             "node", "--engine", "sim", "--sim-profile", "instant",
+            # An instant node has no compute for slots to share: give it one slot per client,
+            # so the gateway's admission queue never holds a request and what is measured is
+            # the path itself (the queue's own cost shows in the routing benchmark instead).
+            "--num-parallel", "64",
             "--sim-model", f"{MODEL}={1_000_000}", "--listen", "127.0.0.1:0",
             "--id", NODE_ID, "--models-dir", str(run / "models")])
         node_url = sup.wait_ready(node)
