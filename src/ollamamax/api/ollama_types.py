@@ -114,18 +114,28 @@ class ShowRequest(_ModelRequest):
 
 
 R = TypeVar("R", bound=_ModelRequest)
+T = TypeVar("T")
+_DECODERS: dict[type, msgspec.json.Decoder[Any]] = {}
 
 
-def decode(body: bytes, kind: type[R]) -> R:
-    """Decode and validate a request body; `BadRequest` with a readable reason otherwise."""
+def decode_body(body: bytes, kind: type[T]) -> T:
+    """A JSON body as `kind` (Ollama's or OpenAI's); `BadRequest` saying what is wrong."""
     if not body or not body.strip():
         raise BadRequest("missing request body")
+    decoder = _DECODERS.get(kind)
+    if decoder is None:
+        decoder = _DECODERS[kind] = msgspec.json.Decoder(kind)
     try:
-        request = msgspec.json.decode(body, type=kind)
+        return decoder.decode(body)  # type: ignore[no-any-return]
     except msgspec.ValidationError as exc:
         raise BadRequest(f"invalid request: {exc}") from None
     except msgspec.DecodeError as exc:
         raise BadRequest(f"invalid JSON: {exc}") from None
+
+
+def decode(body: bytes, kind: type[R]) -> R:
+    """Decode and validate an Ollama request body; `BadRequest` with a reason otherwise."""
+    request = decode_body(body, kind)
     if not request.model_name:
         raise BadRequest("model is required")
     if (isinstance(request, EmbedRequest) and request.dimensions is not None

@@ -42,6 +42,7 @@ from typing import Any, TypeVar
 import msgspec
 import numpy as np
 
+from ollamamax.api.ollama_types import decode_body
 from ollamamax.errors import BadRequest
 
 SSE_CONTENT_TYPE = "text/event-stream"
@@ -148,19 +149,10 @@ class _EmbeddingBody(msgspec.Struct):
 
 
 B = TypeVar("B", _ChatBody, _CompletionBody, _EmbeddingBody)
-_DECODERS: dict[type, msgspec.json.Decoder[Any]] = {
-    kind: msgspec.json.Decoder(kind) for kind in (_ChatBody, _CompletionBody, _EmbeddingBody)}
 
 
 def _decode(body: bytes, kind: type[B]) -> B:
-    if not body or not body.strip():
-        raise BadRequest("missing request body")
-    try:
-        request: B = _DECODERS[kind].decode(body)
-    except msgspec.ValidationError as exc:
-        raise BadRequest(f"invalid request: {exc}") from None
-    except msgspec.DecodeError as exc:
-        raise BadRequest(f"invalid JSON: {exc}") from None
+    request = decode_body(body, kind)
     if not request.model:
         raise BadRequest("model is required")
     return request
