@@ -37,10 +37,6 @@ class Reply:
         self.status = response.status
         self.first = first
 
-    @property
-    def content_type(self) -> str:
-        return self._response.content_type
-
     async def chunks(self) -> AsyncIterator[bytes]:
         """The rest of the body as it arrives; `StreamBroken` when the node fails or stalls."""
         while True:
@@ -53,12 +49,6 @@ class Reply:
             if not data:
                 return
             yield data
-
-    async def read_rest(self) -> bytes:
-        parts = [self.first]
-        async for data in self.chunks():
-            parts.append(data)
-        return b"".join(parts)
 
     def close(self) -> None:
         """Drop the connection (the node sees the client leave and stops generating)."""

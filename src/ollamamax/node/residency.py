@@ -69,7 +69,6 @@ class Runner:
     loading: bool = True
     busy: int = 0
     expires_at: float = FOREVER
-    loaded_at: float = 0.0
     last_used: float = 0.0
 
     @property
@@ -125,7 +124,7 @@ class Residency:
         """A load the caller started has finished."""
         runner = self.runners[model]
         runner.loading = False
-        runner.loaded_at = runner.last_used = now
+        runner.last_used = now
         return self._dispatch(now)
 
     def load_failed(self, model: str, now: float) -> tuple[list[Ticket], list[Action]]:

@@ -145,8 +145,6 @@ class Tally:
     failovers: int = 0
     ttft: np.ndarray = field(default_factory=lambda: np.zeros(0))
     e2e: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    output_tokens: int = 0
-    first_arrival: float = math.inf
     last_end: float = 0.0
     # per request, for statistics over the measured window (after any warm-up)
     node: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
@@ -224,7 +222,6 @@ class Simulation:
         now = self.loop.now
         tally = self.tally
         tally.arrived += 1
-        tally.first_arrival = min(tally.first_arrival, now)
         job = Job(index, requests[index], self.routes[index])
         try:
             outcome = self.router.arrive(job.route, now, job)
@@ -315,7 +312,6 @@ class Simulation:
         tally.node[job.index] = job.node
         tally.prompt[job.index] = request.prompt_tokens
         tally.cached[job.index] = job.cached
-        tally.output_tokens += request.output_tokens
         tally.last_end = max(tally.last_end, now)
         self._settled()
         self._deliver(self.router.finished(

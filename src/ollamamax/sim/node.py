@@ -77,7 +77,6 @@ class SimNode:
         "block_tokens",
         "cached_tokens",
         "caches",
-        "cold_loads",
         "decoding",
         "dirty",
         "done",
@@ -127,7 +126,6 @@ class SimNode:
         self.dirty = True  # changed since the last telemetry report
         self.reported: tuple[Any, ...] = ()  # the signature of the last report
         self.served = 0
-        self.cold_loads = 0
         self.load_times: list[float] = []  # when each cold load began
         self.prompt_tokens = 0
         self.cached_tokens = 0
@@ -163,6 +161,10 @@ class SimNode:
         waiting = tuple(t.model for t in r.waiting) if r.waiting else ()
         return (waiting, *((m, run.busy, run.loading) for m, run in r.runners.items()))
 
+    @property
+    def cold_loads(self) -> int:
+        return len(self.load_times)
+
     def telemetry(self) -> dict[str, Any]:
         """What the node's /telemetry says, as keyword arguments of `ClusterView.update`."""
         r = self.residency
@@ -182,7 +184,6 @@ class SimNode:
             if type(action) is Start:
                 self._start(self.tickets.pop(action.ticket.id))
             elif type(action) is Load:
-                self.cold_loads += 1
                 self.load_times.append(self.loop.now)
                 size = self.store[action.model]
                 self.caches[action.model] = timing.PrefixCache(self.kv_blocks)

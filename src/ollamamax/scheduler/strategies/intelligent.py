@@ -208,11 +208,9 @@ class Intelligent:
         that can start it now (a free slot, or a cold load).
         """
         slots, full = view.cells["slots"][m], self.full[m]
-        if len(cached) > 1:
-            nodes = np.fromiter(cached, np.int64, len(cached))
-            pooled = nodes[full[nodes]]
-        else:
-            pooled = np.array([best])
+        nodes = np.fromiter(cached, np.int64, len(cached)) if len(cached) > 1 \
+            else np.empty(0, np.int64)  # one holder alone pools nothing
+        pooled = nodes[full[nodes]]
         if not len(pooled):
             pooled = np.array([best])
         pool = int(slots[pooled].sum()) or 1
