@@ -64,7 +64,6 @@ class Intelligent:
 
     def __init__(self, seed: int = 0) -> None:
         del seed  # deterministic
-        self.view: ClusterView | None = None
         self._seen = np.zeros(0, np.int64)  # per node: residency counts the costs were made with
         self.base: list[np.ndarray] = []  # per model: every cost except the prompt's prefill
         self.rate: list[np.ndarray] = []  # per model: prefill seconds per token, slowdown in
@@ -74,7 +73,6 @@ class Intelligent:
     # -- keeping the arrays current --------------------------------------------------------
 
     def bind(self, view: ClusterView) -> None:
-        self.view = view
         self.base, self.rate, self.full = [], [], []
         self._scratch = np.empty(view.capacity)
         self._seen = np.zeros(view.capacity, np.int64)
