@@ -115,5 +115,29 @@ def _best_other(results: dict[str, dict[str, Any]], key: str) -> tuple[float, fl
     return results[OURS][key], others[who], who
 
 
+def markdown(report: dict[str, Any]) -> str:
+    """The tables and goals as docs/routing.md shows them: strategies by TTFT p99, ours first."""
+    lines = []
+    for w in report["workloads"]:
+        measured = max(r["requests"] for r in w["results"])
+        lines += [f"**{w['workload']}** ({measured} requests measured, {w['rate_rps']} req/s)", "",
+                  "| strategy | TTFT p50 s | p90 | p99 | E2E p99 | prefix hit | cold loads "
+                  "| max/mean | failed |",
+                  "| :-- | --: | --: | --: | --: | --: | --: | --: | --: |"]
+        rows = sorted(w["results"], key=lambda r: (r["strategy"] != OURS, r["ttft_p99_s"]))
+        for r in rows:
+            name = f"**{r['strategy']}**" if r["strategy"] == OURS else r["strategy"]
+            lines.append(f"| {name} | {r['ttft_p50_s']:.3f} | {r['ttft_p90_s']:.3f} "
+                         f"| {r['ttft_p99_s']:.3f} | {r['e2e_p99_s']:.3f} "
+                         f"| {r['prefix_hit_rate']:.1%} | {r['cold_loads']} "
+                         f"| {r['max_over_mean_load']:.2f} | {r['failed']} |")
+        lines.append("")
+    lines += ["Goals:", ""]
+    for goal in report["goals"]:
+        figures = ", ".join(f"{k} {v}" for k, v in goal.items() if k not in ("goal", "met"))
+        lines.append(f"- {goal['goal']}: **{'met' if goal['met'] else 'missed'}** ({figures})")
+    return "\n".join(lines) + "\n"
+
+
 def write_json(report: dict[str, Any], path: Path) -> None:
     path.write_text(json.dumps(report, indent=2) + "\n")

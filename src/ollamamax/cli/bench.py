@@ -91,6 +91,9 @@ def routing(
                         ] = 6000,
     json_file: Annotated[Path | None, typer.Option(
         "--json", help="Also write the results as JSON to this file.")] = None,
+    markdown_file: Annotated[Path | None, typer.Option(
+        "--markdown", help="Also write the tables as Markdown (as in docs/routing.md).")
+                             ] = None,
 ) -> None:
     """Every strategy on every workload in the simulator: 16 nodes, 80% load, fixed seeds."""
     from ollamamax.bench import routing as bench
@@ -110,6 +113,9 @@ def routing(
     if json_file is not None:
         bench.write_json(report, json_file)
         out.print(f"wrote {json_file}")
+    if markdown_file is not None:
+        markdown_file.write_text(bench.markdown(report))
+        out.print(f"wrote {markdown_file}")
 
 
 @app.command()

@@ -118,6 +118,20 @@ class AdmissionQueue:
             heapq.heappop(heap)
         return heap[0] if heap else None
 
+    def head(self, model: int, k: int) -> list[Waiting]:
+        """The first `k` requests waiting for `model`, in order (they stay queued)."""
+        heap = self._heaps.get(model)
+        if not heap:
+            return []
+        return heapq.nsmallest(k, (item for item in heap if not item.gone))
+
+    def take(self, item: Waiting, now: float) -> None:
+        """Dispatch `item`, wherever it is in its model's order (dropped lazily)."""
+        if not item.gone:
+            item.gone = True
+            self._forget(item)
+            self._dispatched.append(now)
+
     def pop(self, model: int, now: float) -> Waiting | None:
         """The next request for `model`, or None."""
         item = self.peek(model)

@@ -22,6 +22,9 @@ from ollamamax.scheduler.queue import AdmissionQueue, Waiting
 from ollamamax.scheduler.request import Decision, RouteRequest
 from ollamamax.scheduler.view import ClusterView
 
+# Waiting requests a freed slot is offered to, in order, when the first would rather wait.
+LOOK_AHEAD = 8
+
 
 @dataclass(frozen=True, slots=True)
 class Dispatch:
@@ -114,12 +117,27 @@ class Router:
             models.insert(0, first)
         out = []
         for m in models:
-            while (item := self.queue.peek(m)) is not None:
-                decision = self.scheduler.decide(item.request, self.view, now)
-                if decision.wait:
-                    break
-                self.queue.pop(m, now)
+            while (found := self._startable(m, now)) is not None:
+                item, decision = found
+                self.queue.take(item, now)
                 dispatch = Dispatch(item.request, m, decision, item.ticket, item.arrived)
                 self._start(dispatch, decision.node)  # the next decision sees the slot taken
                 out.append(dispatch)
         return out
+
+    def _startable(self, m: int, now: float) -> tuple[Waiting, Decision] | None:
+        """The first waiting request for model `m` that a node can start now, looking past a
+        head that waits for a slot of its own node (its prefix is there) at most `LOOK_AHEAD`
+        deep: a slot freed elsewhere is for a request waiting for that node."""
+        assert self.queue is not None
+        item = self.queue.peek(m)
+        if item is None:
+            return None
+        decision = self.scheduler.decide(item.request, self.view, now)
+        if not decision.wait:
+            return item, decision
+        for later in self.queue.head(m, LOOK_AHEAD)[1:]:
+            decision = self.scheduler.decide(later.request, self.view, now)
+            if not decision.wait:
+                return later, decision
+        return None

@@ -70,7 +70,8 @@ _NODE_ARRAYS: dict[str, Any] = {
     "mem_total": np.int64, "mem_free": np.int64, "speed": np.float64, "updated_at": np.float64,
     # the node's own limits (telemetry; Ollama's defaults until it reports them)
     "max_loaded": np.int32, "num_parallel": np.int32,
-    # kept by the view: models resident on the node, and those of them with nothing running
+    # kept by the view: models resident on the node (or being loaded there for this gateway's
+    # requests), and those of them with nothing running
     "resident": np.int32, "idle_models": np.int32,
 }
 _MODEL_ARRAYS: dict[str, Any] = {
@@ -389,9 +390,12 @@ class ClusterView:
     def _cell_changed(self, i: int, m: int) -> None:
         c = self.cells
         loaded = bool(c["loaded"][m][i])
-        if loaded != bool(c["counted"][m][i]):
-            c["counted"][m][i] = loaded
-            self.resident[i] += 1 if loaded else -1
+        # a model our requests wait for takes its place already (loading, or waiting for room),
+        # though the node reports it only once loaded
+        placed = loaded or int(c["busy"][m][i]) > 0
+        if placed != bool(c["counted"][m][i]):
+            c["counted"][m][i] = placed
+            self.resident[i] += 1 if placed else -1
         idle = loaded and int(c["busy"][m][i]) + int(c["reported_busy"][m][i]) == 0
         if idle != bool(c["idle"][m][i]):
             c["idle"][m][i] = idle

@@ -15,9 +15,10 @@ an id: a partial last block is not cacheable, as in vLLM and llama.cpp.
 from __future__ import annotations
 
 import csv
+import heapq
 import itertools
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -34,6 +35,9 @@ MOONCAKE_BLOCK_TOKENS = 512  # the Mooncake release hashes 512-token blocks
 DEFAULT_REQUESTS = 1024  # SGLang's generated-shared-prefix: 64 groups x 16 prompts
 DEFAULT_LOAD = 0.8
 THINK_S = 20.0  # multi-turn: mean seconds between two turns of one chat (sets chats in flight)
+# multi-turn: a user sends the next turn no sooner than after reading the answer
+READ_S = 2.0
+READ_TOKENS_PER_S = 20.0
 GB = 10**9
 
 # Ollama library models at Q4_K_M, (name, about the size `ollama pull` reports)
@@ -194,12 +198,17 @@ class _Chat:
 
 def multi_turn(models: list[str], rng: np.random.Generator, ids: BlockIds, *, sessions: int = 64,
                turns: tuple[int, int] = (3, 8), question: tuple[int, int] = (32, 160),
-               answer: tuple[int, int] = (64, 320)) -> Shapes:
+               answer: tuple[int, int] = (64, 320),
+               arrivals: Iterable[float] | None = None) -> Shapes:
     """Chats: each turn's prompt is the previous prompt, its answer and a new question.
 
-    `sessions` chats are in progress at once and each arrival is the next turn of one of
-    them picked at random, so chats interleave; a finished chat is replaced by a new one. The
-    defaults keep a whole chat (at most 8 x 480 tokens) within Ollama's 4,096-token context.
+    Each arrival is the next turn of a chat picked at random among those whose user is ready,
+    so chats interleave; a finished chat is replaced by a new one. With `arrivals` (the
+    arrival times the shapes will get), a user is ready again only after reading the answer
+    (`READ_S` plus `READ_TOKENS_PER_S`), as in a real chat, whose next prompt contains that
+    answer; when nobody is ready a new chat starts. Without them (a sample for sizing), any of
+    `sessions` chats may come next. The defaults keep a whole chat (at most 8 x 480 tokens)
+    within Ollama's 4,096-token context.
     """
     draws = _batches(lambda n: rng.integers(0, 1 << 30, n))
     started = itertools.count()
@@ -208,17 +217,26 @@ def multi_turn(models: list[str], rng: np.random.Generator, ids: BlockIds, *, se
         return _Chat(next(started), models[next(draws) % len(models)], EMPTY,
                      _between(turns, next(draws)))
 
-    live = [new_chat() for _ in range(max(1, sessions))]
-    while True:
-        k = next(draws) % len(live)
-        chat = live[k]
+    ready = [new_chat() for _ in range(max(1, sessions))]
+    reading: list[tuple[float, int, _Chat]] = []  # (ready again at, chat id, chat)
+    for at in arrivals if arrivals is not None else itertools.repeat(0.0):
+        while reading and reading[0][0] <= at:
+            ready.append(heapq.heappop(reading)[2])
+        if not ready:
+            ready.append(new_chat())
+        k = next(draws) % len(ready)
+        chat = ready[k]
         prompt = ids.extend(chat.history, _between(question, next(draws)))
         output = _between(answer, next(draws))
         chat.history = ids.extend(prompt, output)
         yield _shape(chat.model, prompt, output, chat.id, chat.history)
         chat.turns_left -= 1
         if chat.turns_left <= 0:
-            live[k] = new_chat()
+            ready[k] = new_chat()
+        elif arrivals is not None:
+            ready[k] = ready[-1]
+            ready.pop()
+            heapq.heappush(reading, (at + READ_S + output / READ_TOKENS_PER_S, chat.id, chat))
 
 
 def _between(bounds: tuple[int, int], draw: int) -> int:
@@ -374,7 +392,7 @@ def build(options: WorkloadOptions, capacity: Capacity | None = None) -> Workloa
     times = arrival_times(rate, np.random.default_rng([options.seed, 2]), cv=options.cv,
                           count=_count(options), duration=options.duration)
     sessions = options.sessions or max(4, math.ceil(rate * THINK_S))
-    requests = list(islice(shapes(sessions), len(times)))
+    requests = list(islice(shapes(sessions, times.tolist()), len(times)))
     for request, at in zip(requests, times.tolist(), strict=True):
         request.arrival = at
     zipf = options.name == "zipf-models"
@@ -389,15 +407,16 @@ def _default_models(options: WorkloadOptions) -> dict[str, int]:
 
 
 def _shape_source(options: WorkloadOptions, models: list[str]) -> Callable[[int], Shapes]:
-    """A function of the number of chats in progress (multi-turn) giving fresh shapes."""
+    """A function of the number of chats in progress (multi-turn) and, for the workload
+    itself, the arrival times, giving fresh shapes."""
 
-    def shapes(sessions: int) -> Shapes:
+    def shapes(sessions: int, arrivals: list[float] | None = None) -> Shapes:
         rng = np.random.default_rng([options.seed, 1])
         ids = BlockIds(BLOCK_TOKENS)
         if options.name == "shared-prefix":
             return shared_prefix(models, rng, ids, zipf=options.zipf)
         if options.name == "multi-turn":
-            return multi_turn(models, rng, ids, sessions=sessions)
+            return multi_turn(models, rng, ids, sessions=sessions, arrivals=arrivals)
         if options.name == "zipf-models":
             return unshared(models, rng, ids, weights=zipf_weights(len(models), 1.0),
                             prompt=(128, 1024), output=(64, 256))

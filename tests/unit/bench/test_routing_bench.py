@@ -29,6 +29,20 @@ def test_goals_compare_intelligent_with_the_best_other():
     assert not verdicts["Mooncake trace"]["met"]
 
 
+def test_markdown_lists_ours_first_then_the_others_by_p99_and_every_goal():
+    figures = {"ttft_p50_s": 0.1, "ttft_p90_s": 0.2, "e2e_p99_s": 3.0, "prefix_hit_rate": 0.5,
+               "failed": 0}
+    report = {"workloads": [{"workload": "multi-turn", "rate_rps": 10.0, "results": [
+        result("b", 2.0, **figures), result("intelligent", 3.0, **figures),
+        result("a", 1.0, **figures)]}]}
+    report["goals"] = routing.goals(report["workloads"])
+    text = routing.markdown(report)
+    rows = [line.split(" | ")[0] for line in text.splitlines() if line.startswith("| ")][2:]
+    assert rows == ["| **intelligent**", "| a", "| b"]
+    assert "**multi-turn** (1000 requests measured, 10.0 req/s)" in text
+    assert "- multi-turn: TTFT p99 >= 1.5x better than the best other: **missed**" in text
+
+
 def test_decide_bench_measures_every_strategy_asked():
     results = decide.run([50], ["intelligent", "round_robin"], decisions=20, progress=lambda _: 0)
     assert [(r.strategy, r.nodes, r.decisions) for r in results] == [

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from ollamamax.scheduler import ClusterView, LoadedModel, RouteRequest, Scheduler
 from ollamamax.scheduler.strategies.intelligent import Intelligent
+from ollamamax.testing.views import NodeSpec, build_view
 
 M = "m:7b"
 GB = 1_000_000_000
@@ -172,3 +173,33 @@ def test_the_prefix_index_forgets_what_a_node_cannot_hold():
     view.update(0, models=[(M, 4 * GB)], loaded=[LoadedModel(M, slots=4)], prefix_blocks=40)
     assert view.prefixes.matches(old) == {}  # evicted: only the newest prompt fits
     assert view.prefixes.matches(new) == {0: 40}
+
+
+def test_a_cold_load_evicts_where_the_idle_model_is_least_wanted():
+    """Both nodes are full, each with one idle model: the load goes where the idle model has
+    been asked for least lately, since its reload is the likelier to be needed."""
+    def place(popular: str) -> int:
+        busy = {"b:1": 1, "c:1": 1, "e:1": 1, "f:1": 1}
+        view = build_view([
+            NodeSpec(models=("new:1",), loaded={"a:1": 1, "b:1": 1, "c:1": 1}, reported_busy=busy),
+            NodeSpec(models=("new:1",), loaded={"d:1": 1, "e:1": 1, "f:1": 1}, reported_busy=busy),
+        ], sizes={m: 4 * GB for m in ("a:1", "b:1", "c:1", "d:1", "e:1", "f:1", "new:1")})
+        scheduler = Scheduler("intelligent")
+        for k in range(20):  # the popular idle model has been asked for lately
+            scheduler.decide(RouteRequest(popular), view, k * 0.1)
+        for i in (0, 1):  # the next telemetry reports re-read the costs
+            view.update(i, models=[("new:1", 4 * GB)], mem_free=GB,
+                        loaded=[LoadedModel(m, slots=1, busy=busy.get(m, 0), size=4 * GB)
+                                for m in view.model_names if view.loaded[view.model_id(m)][i]])
+        d = scheduler.decide(RouteRequest("new:1", prompt_tokens=100), view, 2.0)
+        assert d.reason == "cold load"
+        return d.node
+
+    assert place("a:1") == 1
+    assert place("d:1") == 0
+
+
+def test_a_request_without_the_prefix_leaves_the_last_free_slot_to_one_with_it():
+    # half the slots busy on both (the same slowdown), but node 0 would be full after it
+    view = build_view([NodeSpec(loaded={M: 2}, busy={M: 1}), NodeSpec(loaded={M: 4}, busy={M: 2})])
+    assert decide(view, prompt_tokens=100).node == 1

@@ -124,3 +124,16 @@ def test_targets_count_held_requests_per_node():
     assert q.targets(0) == {3: 2, 5: 1} and q.targets(1) == {}
     q.cancel(a)
     assert q.targets(0) == {3: 1, 5: 1}
+
+
+def test_head_shows_the_first_requests_in_order_and_take_dispatches_any_of_them():
+    q = AdmissionQueue()
+    items = [q.push(req(priority=p), 0, float(k)) for k, p in enumerate((2, 1, 0, 1))]
+    first = q.head(0, 3)
+    assert first == [items[2], items[1], items[3]]
+    assert q.head(0, 3) == first  # looking changes nothing
+    q.take(items[1], 5.0)
+    assert len(q) == 3 and q.waiting_for(0) == 3
+    assert q.head(0, 8) == [items[2], items[3], items[0]]
+    assert [q.pop(0, 6.0) for _ in range(3)] == [items[2], items[3], items[0]]
+    assert q.pop(0, 7.0) is None

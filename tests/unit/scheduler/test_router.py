@@ -69,3 +69,22 @@ def test_cancelled_waiting_request_is_never_dispatched():
     held = router.arrive(RouteRequest(M), 0.0, ticket="gone")
     router.cancel(held)
     assert router.finished(first.decision.node, first.model, 1.0, ok=True) == []
+
+
+def test_a_request_holding_out_for_its_own_node_does_not_block_the_next():
+    """A freed slot goes to a waiting request that can use it, past one that waits for the
+    slot of the node holding its long prompt."""
+    router, view = setup(nodes=2)
+    prefix = tuple(range(1, 65))
+    view.prefixes.record(0, prefix)
+    running = [router.arrive(RouteRequest(M), 0.0) for _ in range(2)]
+    loyal = router.arrive(RouteRequest(M, prompt_tokens=20_000, prefix=prefix), 0.1, ticket="a")
+    plain = router.arrive(RouteRequest(M, prompt_tokens=10), 0.2, ticket="b")
+    assert isinstance(loyal, Waiting) and isinstance(plain, Waiting)
+    on_1 = next(d for d in running if d.decision.node == 1)
+    released = router.finished(1, on_1.model, 1.0, ok=True, ttft=0.1)
+    assert [d.ticket for d in released] == ["b"]
+    assert [w.ticket for w in router.queue.head(on_1.model, 8)] == ["a"]
+    on_0 = next(d for d in running if d.decision.node == 0)
+    released = router.finished(0, on_0.model, 2.0, ok=True, ttft=0.1)
+    assert [(d.ticket, d.decision.node) for d in released] == [("a", 0)]

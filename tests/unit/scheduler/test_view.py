@@ -188,6 +188,23 @@ def test_a_success_means_the_model_is_loaded_there():
     assert view.holders[m] == 1 and view.routable_holders[m] == 1
 
 
+def test_a_model_being_loaded_for_our_requests_takes_a_place_already():
+    """The node reports a model only once loaded; our requests waiting for it mean it takes
+    one of the node's places from the moment they are sent."""
+    view = ClusterView()
+    a = healthy_node(view, "a", M, X, loaded=[M])
+    m, x = view.model_id(M), view.model_id(X)
+    assert (view.resident[a], view.idle_models[a]) == (1, 1)
+    view.started(a, x)  # a cold load of X begins
+    assert (view.resident[a], view.idle_models[a]) == (2, 1)
+    view.update(a, models=[(M, 0), (X, 0)], loaded=[LoadedModel(M)])  # X still loading
+    assert view.resident[a] == 2
+    view.finished(a, x, ok=False)  # it failed: the place is free again
+    assert (view.resident[a], view.idle_models[a]) == (1, 1)
+    view.started(a, m)
+    assert (view.resident[a], view.idle_models[a]) == (1, 0)
+
+
 def test_free_slots_count_ours_plus_other_gateways_never_ours_twice():
     view = ClusterView()
     a = view.add("a")
@@ -210,7 +227,8 @@ def test_free_slots_count_ours_plus_other_gateways_never_ours_twice():
 # -- routable holders, under any sequence of operations ------------------------------------
 
 operations = st.lists(st.tuples(
-    st.sampled_from(["add", "remove", "health", "drain", "update", "finish_ok"]),
+    st.sampled_from(["add", "remove", "health", "drain", "update", "start", "finish",
+                     "finish_ok"]),
     st.integers(0, 5), st.booleans(), st.sets(st.sampled_from([M, X]))), max_size=40)
 
 
@@ -237,9 +255,24 @@ def test_holder_counts_match_the_arrays_after_any_operations(ops):
             view.update(i, models=[(m, 0) for m in sorted(models)], loaded=loaded)
         else:
             m = view.ensure_model(sorted(models)[0] if models else M)
-            view.started(i, m)
-            view.finished(i, m, ok=True)
+            if op != "finish":
+                view.started(i, m)
+            if op != "start":
+                view.finished(i, m, ok=op == "finish_ok" or flag)
         counts_agree(view)
+        resident_counts_agree(view)
+
+
+def resident_counts_agree(view: ClusterView) -> None:
+    """`resident` and `idle_models` are kept incrementally; recount them from the cells."""
+    n = view.n
+    placed = sum(view.loaded[m][:n] | (view.busy[m][:n] > 0)
+                 for m in range(len(view.model_names)))
+    idle = sum(view.loaded[m][:n] & (view.busy[m][:n] + view.cells["reported_busy"][m][:n] == 0)
+               for m in range(len(view.model_names)))
+    if len(view.model_names):
+        assert np.array_equal(view.resident[:n], placed)
+        assert np.array_equal(view.idle_models[:n], idle)
 
 
 # -- labels --------------------------------------------------------------------------------

@@ -68,6 +68,20 @@ def test_multi_turn_prompts_extend_the_previous_turn_and_its_answer() -> None:
             assert after.model == before.model
 
 
+def test_multi_turn_users_send_the_next_turn_only_after_reading_the_answer() -> None:
+    wl = build("multi-turn", requests=2000, rate=20.0, sessions=4)
+    turns = defaultdict(list)
+    for r in wl.requests:
+        turns[r.session].append(r)
+    pairs = [(a, b) for chat in turns.values() for a, b in pairwise(chat)]
+    assert len(pairs) > 1000
+    for before, after in pairs:
+        read = w.READ_S + before.output_tokens / w.READ_TOKENS_PER_S
+        assert after.arrival >= before.arrival + read
+    # few chats were asked for: more started when nobody was ready to write
+    assert len(turns) > 4 + len(wl.requests) / 8
+
+
 def test_zipf_models_popularity_follows_rank() -> None:
     wl = build("zipf-models", requests=20000)
     assert len(wl.models) == 50 and wl.max_loaded == 3 and wl.keep_alive == 300.0

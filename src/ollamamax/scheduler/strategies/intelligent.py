@@ -10,13 +10,16 @@ For each candidate node *i* and the request's model *m*:
   slots per request ahead (busy beyond the slots, plus those the node reports queued). This
   is the load guard, sized for Ollama's one to four slots per model rather than the peers'
   thresholds of 64 requests. Several full nodes holding the prompt's prefix pool their
-  slots: a held request goes to whichever frees one first.
+  slots: a held request goes to whichever frees one first. Taking a node's last free slot
+  costs a little more, so that a request whose prefix is there (a chat's next turn) is
+  likelier to find one.
 - *cold load*: seconds to read the model (base + size / rate, slower nodes slower); a model
   larger than a node's memory cannot go there at all. A node already loading it for earlier
   requests costs about half (the load is under way) plus their turn; a full node must evict
-  an idle model (costing a likely reload later) or, with every model busy, wait for one to
-  finish; and the node's queue goes first. Without these, every cold load of a busy cluster
-  would tie and pile onto one node.
+  an idle model, which costs that model's reload times the chance it is asked for soon (its
+  recent arrival rate: evict the least wanted), or, with every model busy, wait for one to
+  drain; and the node's queue goes first. Without these, every cold load of a busy cluster
+  would tie and pile onto one node, and popular models would be evicted for rare ones.
 - *uncached tokens*: the prompt minus the leading blocks the prefix index says the node holds,
   so prefix and KV-cache locality count exactly as much as the prefill time they save.
 - speeds come from the node x model performance profile once requests have been observed,
@@ -50,13 +53,23 @@ OVERHEAD_S = 0.03
 LOAD_BASE_S = 2.0  # cold load: fixed part
 LOAD_BYTES_PER_S = 2e9  # and reading the weights (NOTES: 1.5-3 GB/s from disk)
 SLOWDOWN_AT_FULL = 1.0  # per-token times double when every slot is busy (llm-d: 1.5-3.5x)
-EVICTION = 0.5  # an evicted idle model is likely needed again: half a load, charged now
+# A load that must wait for a busy resident model to drain: that many of its requests' time.
+DRAIN = 4.0
+# Evicting an idle model costs its reload, as likely as it is to be asked for within this
+# many seconds at its recent arrival rate (the rarest idle model is taken as the victim).
+EVICTION_HORIZON_S = 10.0
+RATE_HALF_LIFE_S = 60.0  # of each model's arrival-rate estimate
 # Requests a node gets beyond its busy slots before the gateway holds the next ones. With 1, a
 # freed slot would start its next request without a round trip to the gateway (0.5 ms idle):
 # that doubled an instant node's throughput, but committing one request early per node cost
 # shared-prefix TTFT p99 0.12 -> 0.57 s in the routing benchmark. LLM requests last seconds.
 PIPELINE = 0
+# Taking a node's last free slot without its prefix costs that much more: a request holding
+# its prefix there (the next turn of a chat) would find the node full and go elsewhere
+# uncached or wait (multi-turn TTFT p99 0.78 -> 0.65 s in the routing benchmark).
+LAST_SLOT_S = 0.6
 INF = math.inf
+_DECAY_PER_COUNT = math.log(2) / RATE_HALF_LIFE_S  # decayed count -> arrivals per second
 
 
 class Intelligent:
@@ -69,11 +82,16 @@ class Intelligent:
         self.rate: list[np.ndarray] = []  # per model: prefill seconds per token, slowdown in
         self._scratch = np.empty(0)  # one decision's estimates (decisions never overlap)
         self.full: list[np.ndarray] = []  # per model: loaded there with every slot busy
+        self.arrivals: list[float] = []  # per model: decayed count of recent requests
+        self.arrived_at: list[float] = []  # per model: when that count was last decayed
 
     # -- keeping the arrays current --------------------------------------------------------
 
     def bind(self, view: ClusterView) -> None:
         self.base, self.rate, self.full = [], [], []
+        # sized first: a model's costs read every model's arrivals (eviction)
+        self.arrivals = [0.0] * len(view.model_names)
+        self.arrived_at = [0.0] * len(view.model_names)
         self._scratch = np.empty(view.capacity)
         self._seen = np.zeros(view.capacity, np.int64)
         for m in range(len(view.model_names)):
@@ -81,6 +99,9 @@ class Intelligent:
         view.subscribe(self)
 
     def model_added(self, view: ClusterView, model: int) -> None:
+        if model == len(self.arrivals):
+            self.arrivals.append(0.0)
+            self.arrived_at.append(0.0)
         self.base.append(np.full(view.capacity, INF))
         self.rate.append(np.full(view.capacity, PREFILL_S_PER_TOKEN))
         self.full.append(np.zeros(view.capacity, np.bool_))
@@ -131,13 +152,15 @@ class Intelligent:
                 load *= 0.5
             elif view.resident[i] >= view.max_loaded[i]:
                 if view.idle_models[i]:
-                    load *= 1.0 + EVICTION
+                    load += self._eviction_cost(view, i, m)
                 else:  # every resident model is busy: the load waits for one to finish
-                    load += service
+                    load += DRAIN * service
             ahead = busy - slots + 1 + int(view.queue_depth[i])
         # the first slot frees after a uniform residual (service / (slots + 1)), each one
         # after it about service / slots later
         wait = service / (slots + 1) + (ahead - 1) * service / slots if ahead > 0 else 0.0
+        if ahead == 0 and c["loaded"][m][i] and busy == slots - 1:
+            wait += LAST_SLOT_S
         self.rate[m][i] = per_token * (1.0 + SLOWDOWN_AT_FULL * min(busy, slots) / slots)
         self.base[m][i] = wait + load + overhead
         self.full[m][i] = bool(c["loaded"][m][i]) and busy >= slots + PIPELINE
@@ -156,6 +179,28 @@ class Intelligent:
             overhead = min(overhead, profile.ttft)
         return per_token, service, overhead
 
+    def _eviction_cost(self, view: ClusterView, i: int, m: int) -> float:
+        """What unloading node `i`'s least wanted idle model to make room costs later: its
+        reload, times the chance it is asked for again soon (its recent arrival rate)."""
+        c = view.cells
+        speed = float(view.speed[i]) or 1.0
+        cheapest = INF
+        for v, idle in enumerate(c["idle"]):
+            if v != m and idle[i]:
+                rate = self.arrivals[v] * _DECAY_PER_COUNT
+                chance = min(1.0, rate * EVICTION_HORIZON_S)
+                cheapest = min(cheapest, chance * self._load_cost(view, i, v, speed))
+        return 0.0 if cheapest == INF else cheapest
+
+    def _count_arrival(self, m: int, now: float) -> None:
+        """One more request for model `m`: an exponentially decayed count (x ln2/half-life
+        is the arrival rate)."""
+        age = now - self.arrived_at[m]
+        if age > 0:
+            self.arrivals[m] *= 0.5 ** (age / RATE_HALF_LIFE_S)
+            self.arrived_at[m] = now
+        self.arrivals[m] += 1.0
+
     @staticmethod
     def _load_cost(view: ClusterView, i: int, m: int, speed: float) -> float:
         size = view.model_size[m]
@@ -173,6 +218,7 @@ class Intelligent:
     def choose(self, request: RouteRequest, candidates: Candidates, view: ClusterView,
                now: float) -> Decision:
         m = candidates.model
+        self._count_arrival(m, now)
         if candidates.panic:  # every holder is down: try them, least busy first
             idx = candidates.indices
             order = tuple(int(i) for i in idx[np.argsort(view.in_flight[idx], kind="stable")])
