@@ -33,7 +33,8 @@ def sim(
         help="Models: a count, or NAME:TAG=SIZE,... (bytes or 4.9G). Default: the "
         "workload's (llama3.1:8b; zipf-models: 50 of realistic sizes).")] = "",
     workload: Annotated[str, Opt(
-        help="shared-prefix, multi-turn, zipf-models, low-sharing or trace.")] = "shared-prefix",
+        help="shared-prefix, multi-turn, zipf-models, shifting-models, low-sharing or trace.")
+                    ] = "shared-prefix",
     trace: Annotated[Path | None, Opt(help="Trace file for --workload trace.")] = None,
     trace_format: Annotated[str, Opt("--trace-format", help="mooncake or csv.")] = "mooncake",
     rate: Annotated[float | None, Opt(help="Arrivals per second.")] = None,
@@ -73,6 +74,9 @@ def sim(
     gateway_queue: Annotated[str, Opt(
         "--gateway-queue", help="Hold requests at the gateway while every slot is busy: auto "
         "(only intelligent, as published), on, off.")] = "auto",
+    prewarm: Annotated[bool, Opt(
+        help="Load models ahead of their forecast demand (the gateway's scheduler.prewarm).")
+                       ] = False,
     warmup: Annotated[float, Opt(
         help="Virtual seconds at the start whose arrivals are served but not counted (the "
         "cluster's first cold loads are not its steady state).")] = 0.0,
@@ -100,7 +104,8 @@ def sim(
     config = _fit(base, wl, slots=slots, max_loaded=max_loaded, max_queue=max_queue,
                   keep_alive=keep_alive, num_ctx=num_ctx, telemetry_s=telemetry,
                   network_s=network_ms / 1000.0, gateway_queue=_queue_mode(gateway_queue),
-                  gateway_prefix_tokens=gateway_prefix_tokens, warmup_s=warmup)
+                  gateway_prefix_tokens=gateway_prefix_tokens, warmup_s=warmup,
+                  prewarm=prewarm)
     err.print(f"{wl.name}: {len(wl.requests)} requests at {wl.rate:.3g}/s on {nodes} nodes; "
               f"strategies: {', '.join(names)}")
     report = _run(wl, config, names)

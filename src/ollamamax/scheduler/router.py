@@ -4,6 +4,7 @@
     failed_over(dispatch, failed, to, now)   the node failed before the first byte; next one
     finished(node, model, now, ...)    it ended -> waiting requests that can start now
     tick(now)                          periodic re-check (capacity freed elsewhere)
+    prewarm(now) / preloaded(...)      loads ahead of demand, with a `Prewarmer`
 
 A Dispatch is counted as started on its decision's node when it is made, so the next
 decision already sees that slot taken.
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ollamamax.scheduler.decide import Scheduler
+from ollamamax.scheduler.prewarm import Preload, Prewarmer
 from ollamamax.scheduler.queue import AdmissionQueue, Waiting
 from ollamamax.scheduler.request import Decision, RouteRequest
 from ollamamax.scheduler.view import ClusterView
@@ -37,10 +39,11 @@ class Dispatch:
 
 class Router:
     def __init__(self, scheduler: Scheduler, view: ClusterView,
-                 queue: AdmissionQueue | None = None) -> None:
+                 queue: AdmissionQueue | None = None, prewarmer: Prewarmer | None = None) -> None:
         self.scheduler = scheduler
         self.view = view
         self.queue = queue
+        self.prewarmer = prewarmer
         if queue is not None:
             view.held = queue.waiting_for
             view.held_at = queue.targets
@@ -52,10 +55,12 @@ class Router:
         """
         decision = self.scheduler.decide(request, self.view, now)
         m = self.view.model_index[request.model]
+        if self.prewarmer is not None:
+            self.prewarmer.arrived(m, now)
         if decision.wait and self.queue is not None:
             return self.queue.push(request, m, now, ticket, target=decision.node)
         dispatch = Dispatch(request, m, decision, ticket)
-        self._start(dispatch, decision.node)
+        self._start(dispatch, decision.node, now)
         return dispatch
 
     def failed_over(self, dispatch: Dispatch, failed: int, to: int, now: float) -> None:
@@ -63,10 +68,12 @@ class Router:
         # the profile first: finishing tells the strategies' listeners to re-read it
         self.view.profiles.record(failed, dispatch.model, ok=False)
         self.view.finished(failed, dispatch.model, ok=False)
-        self._start(dispatch, to)
+        self._start(dispatch, to, now)
 
-    def _start(self, dispatch: Dispatch, node: int) -> None:
+    def _start(self, dispatch: Dispatch, node: int, now: float) -> None:
         self.view.started(node, dispatch.model)
+        if self.prewarmer is not None:
+            self.prewarmer.dispatched(node, dispatch.model, now)
         if dispatch.request.prefix:
             self.view.prefixes.record(node, dispatch.request.prefix)
 
@@ -103,6 +110,22 @@ class Router:
     def tick(self, now: float) -> list[Dispatch]:
         return self.drain(now)
 
+    def prewarm(self, now: float) -> list[Preload]:
+        """Models to load ahead of demand (none without a prewarmer). Each counts as started
+        on its node until `preloaded`, so decisions see the load under way."""
+        if self.prewarmer is None:
+            return []
+        plan = self.prewarmer.plan(self.view, now)
+        for preload in plan:
+            self.view.started(preload.node, preload.model)
+        return plan
+
+    def preloaded(self, preload: Preload, now: float, *, ok: bool) -> list[Dispatch]:
+        """A load `prewarm` asked for is done (or failed): no outcome to learn from, but the
+        model is resident there now."""
+        self.view.finished(preload.node, preload.model, ok)
+        return self.drain(now, first=preload.model)
+
     def cancel(self, waiting: Waiting) -> None:
         if self.queue is not None:
             self.queue.cancel(waiting)
@@ -121,7 +144,7 @@ class Router:
                 item, decision = found
                 self.queue.take(item, now)
                 dispatch = Dispatch(item.request, m, decision, item.ticket, item.arrived)
-                self._start(dispatch, decision.node)  # the next decision sees the slot taken
+                self._start(dispatch, decision.node, now)  # the next decision sees the slot taken
                 out.append(dispatch)
         return out
 

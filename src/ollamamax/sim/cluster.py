@@ -37,12 +37,13 @@ from ollamamax.config import GatewayConfig, NodeConfig, SchedulerConfig
 from ollamamax.errors import ConfigError, EngineError, ModelNotFound, Unavailable
 from ollamamax.scheduler import ClusterView, RouteRequest, Scheduler
 from ollamamax.scheduler.prefix import BLOCK_CHARS
+from ollamamax.scheduler.prewarm import Prewarmer
 from ollamamax.scheduler.queue import AdmissionQueue, QueueFull
 from ollamamax.scheduler.router import Dispatch, Router
 from ollamamax.sim import timing
 from ollamamax.sim.events import EventLoop
 from ollamamax.sim.node import FAILED, NEW, QUEUED, WAITING, Job, SimNode
-from ollamamax.sim.workloads import Workload
+from ollamamax.sim.workloads import SimRequest, Workload
 
 TICK_S = 0.05  # as gateway.proxy: held requests are re-checked this often while any wait
 PHASES = 10  # telemetry reports are spread over this many phases of the period
@@ -71,6 +72,7 @@ class ClusterConfig:
     max_waiting_per_key: int = SchedulerConfig().max_waiting_per_key
     seed: int = 0
     warmup_s: float = 0.0  # requests arriving earlier are served but not counted
+    prewarm: bool = False  # load models ahead of forecast demand (`scheduler.prewarm`)
 
     def __post_init__(self) -> None:
         if self.nodes < 1 or self.slots < 1 or self.max_loaded < 1 or self.num_ctx < 1:
@@ -170,7 +172,9 @@ class Simulation:
         queue = AdmissionQueue(max_waiting=config.max_waiting,
                                max_per_key=config.max_waiting_per_key) \
             if config.queues(self.strategy) else None
-        self.router = Router(scheduler, self.view, queue)
+        self.prewarmer = Prewarmer() if config.prewarm else None
+        self.prewarm_before = (0, 0, 0)  # its (loads, used, wasted) when the warm-up ended
+        self.router = Router(scheduler, self.view, queue, self.prewarmer)
         kv_tokens = config.num_ctx * config.slots
         self.nodes = [SimNode(i, profile, self.loop, store=workload.models, slots=config.slots,
                               max_loaded=config.max_loaded, max_queue=config.max_queue,
@@ -214,6 +218,9 @@ class Simulation:
         """Schedule the first arrival (`run` does it; tests may step the loop themselves)."""
         if self.workload.requests:
             self.loop.at(self.workload.requests[0].arrival, self._arrive, 0)
+            if self.prewarmer is not None:
+                self.loop.after(self.prewarmer.interval_s, self._prewarm)
+                self.loop.at(self.config.warmup_s, self._prewarm_baseline)
 
     def _arrive(self, index: int) -> None:
         requests = self.workload.requests
@@ -298,7 +305,13 @@ class Simulation:
     # -- endings ---------------------------------------------------------------------------
 
     def _node_done(self, job: Job) -> None:
-        self._over_network(self._answered, job)
+        if job.preload is not None:
+            self._over_network(self._preloaded, job)
+        else:
+            self._over_network(self._answered, job)
+
+    def _preloaded(self, job: Job) -> None:
+        self._deliver(self.router.preloaded(job.preload, self.loop.now, ok=True))
 
     def _answered(self, job: Job) -> None:
         """The last chunk reached the gateway: the outcome as the gateway measures it."""
@@ -362,6 +375,31 @@ class Simulation:
             self.loop.after(TICK_S, self._tick)
         else:
             self.ticking = False
+
+    def _prewarm(self, _: object = None) -> None:
+        """Send the loads the prewarmer plans (Ollama's empty request), while requests come."""
+        assert self.prewarmer is not None
+        if self.open == 0:
+            return
+        now = self.loop.now
+        for preload in self.router.prewarm(now):
+            model = self.view.model_names[preload.model]
+            job = Job(-1, SimRequest(now, model, 1, 1), None, preload)
+            job.node = preload.node
+            self._over_network(self._preload_at_node, job)
+        self.loop.after(self.prewarmer.interval_s, self._prewarm)
+
+    def _prewarm_baseline(self, _: object = None) -> None:
+        """The prewarm counts at the end of the warm-up, which the figures start after."""
+        p = self.prewarmer
+        assert p is not None
+        self.prewarm_before = (p.loads, p.used, p.wasted)
+
+    def _preload_at_node(self, job: Job) -> None:
+        try:
+            self.nodes[job.node].submit(job)
+        except EngineError:  # queue full, or too large after all: the load did not happen
+            self._deliver(self.router.preloaded(job.preload, self.loop.now, ok=False))
 
     def _report(self, bucket: list[SimNode]) -> None:
         """Telemetry from the nodes of one phase that changed since their last report."""

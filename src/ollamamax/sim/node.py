@@ -47,11 +47,12 @@ class Job:
     """One request's trip through the simulated cluster (per strategy run)."""
 
     __slots__ = ("attempts", "cached", "dispatch", "ended", "epoch", "fallbacks", "first",
-                 "index", "left", "node", "prefill_s", "request", "route", "since", "state",
-                 "tbt", "ticket", "waiting", "watched")
+                 "index", "left", "node", "prefill_s", "preload", "request", "route", "since",
+                 "state", "tbt", "ticket", "waiting", "watched")
 
-    def __init__(self, index: int, request: SimRequest, route: Any) -> None:
+    def __init__(self, index: int, request: SimRequest, route: Any, preload: Any = None) -> None:
         self.index = index
+        self.preload = preload  # a prewarm load (Ollama's empty request), not a request
         self.request = request
         self.route = route  # the RouteRequest the gateway decides on
         self.state = NEW
@@ -87,6 +88,7 @@ class SimNode:
         "load_times",
         "loop",
         "memory",
+        "prewarm_load_times",
         "profile",
         "prompt_tokens",
         "reported",
@@ -126,7 +128,8 @@ class SimNode:
         self.dirty = True  # changed since the last telemetry report
         self.reported: tuple[Any, ...] = ()  # the signature of the last report
         self.served = 0
-        self.load_times: list[float] = []  # when each cold load began
+        self.load_times: list[float] = []  # when each cold load began (a request waits)
+        self.prewarm_load_times: list[float] = []  # and each load a prewarm asked for
         self.prompt_tokens = 0
         self.cached_tokens = 0
 
@@ -184,7 +187,10 @@ class SimNode:
             if type(action) is Start:
                 self._start(self.tickets.pop(action.ticket.id))
             elif type(action) is Load:
-                self.load_times.append(self.loop.now)
+                first = next(t for t in self.residency.waiting if t.model == action.model)
+                job = self.tickets[first.id]
+                times = self.prewarm_load_times if job.preload is not None else self.load_times
+                times.append(self.loop.now)
                 size = self.store[action.model]
                 self.caches[action.model] = timing.PrefixCache(self.kv_blocks)
                 self.loop.after(timing.load_time(self.profile, size), self._loaded, action.model)
@@ -198,6 +204,9 @@ class SimNode:
     # -- a request's life on the node ------------------------------------------------------
 
     def _start(self, job: Job) -> None:
+        if job.preload is not None:  # loaded: the empty request is answered at once
+            self._preloaded(job)
+            return
         request = job.request
         job.state = PREFILL
         self.sequences += 1
@@ -259,6 +268,15 @@ class SimNode:
         self.dirty = True
         self._apply(actions)
         self._watch_expiry(request.model)
+        self.done(job)
+
+    def _preloaded(self, job: Job) -> None:
+        assert job.ticket is not None
+        job.state = DONE
+        job.ended = self.loop.now
+        self.dirty = True
+        self._apply(self.residency.finish(job.ticket, self.loop.now))
+        self._watch_expiry(job.request.model)
         self.done(job)
 
     # -- keep-alive ------------------------------------------------------------------------

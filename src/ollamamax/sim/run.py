@@ -79,11 +79,24 @@ def summarise(name: str, sim: Simulation, tally: Tally) -> dict[str, Any]:
         "prefix_hit_rate": _round(cached / prompt if prompt else 0.0),
         "cold_loads": sum(1 for node in sim.nodes for t in node.load_times if t >= warmup),
         "max_over_mean_load": _round(float(served.max() / served.mean()) if served.sum() else 0.0),
+        **_prewarm_figures(sim),
         "failovers": tally.failovers,
         "failed_by": dict(sorted(tally.failed.items())),
         "warmup_s": float(warmup),
         "virtual_s": _round(sim.loop.now),
     }
+
+
+def _prewarm_figures(sim: Simulation) -> dict[str, int]:
+    """Loads the prewarmer asked for after the warm-up, and how they ended: used by a
+    request, or wasted (gone unused, or still unused when the run ended)."""
+    p = sim.prewarmer
+    if p is None:
+        return {}
+    loads, used, wasted = (now - before for now, before in
+                           zip((p.loads, p.used, p.wasted), sim.prewarm_before, strict=True))
+    return {"prewarm_loads": loads, "prewarm_used": used,
+            "prewarm_wasted": wasted + len(p.pending)}
 
 
 def _pct(values: np.ndarray, q: float) -> float:
@@ -105,6 +118,9 @@ def table(report: dict[str, Any]) -> Table:
                ("E2E p50", "e2e_p50_s"), ("p99", "e2e_p99_s"), ("req/s", "throughput_rps"),
                ("tok/s", "output_tps"), ("prefix hit", "prefix_hit_rate"),
                ("cold loads", "cold_loads"), ("max/mean", "max_over_mean_load")]
+    if any("prewarm_loads" in r for r in report["results"]):
+        columns += [("prewarm loads", "prewarm_loads"), ("used", "prewarm_used"),
+                    ("wasted", "prewarm_wasted")]
     for title, _ in columns:
         t.add_column(title, justify="left" if title == "strategy" else "right")
     for r in report["results"]:

@@ -28,7 +28,8 @@ import numpy as np
 
 from ollamamax.errors import ConfigError
 
-WORKLOADS = ("shared-prefix", "multi-turn", "zipf-models", "low-sharing", "trace")
+WORKLOADS = ("shared-prefix", "multi-turn", "zipf-models", "shifting-models", "low-sharing",
+             "trace")
 TRACE_FORMATS = ("mooncake", "csv")
 BLOCK_TOKENS = 64  # generated workloads: small enough that a 128-token question is 2 blocks
 MOONCAKE_BLOCK_TOKENS = 512  # the Mooncake release hashes 512-token blocks
@@ -38,6 +39,10 @@ THINK_S = 20.0  # multi-turn: mean seconds between two turns of one chat (sets c
 # multi-turn: a user sends the next turn no sooner than after reading the answer
 READ_S = 2.0
 READ_TOKENS_PER_S = 20.0
+# shifting-models: the popularity ranking rotates by SHIFT_STEP models every SHIFT_PERIOD_S
+SHIFT_PERIOD_S = 120.0
+SHIFT_STEP = 3
+SHIFTING_MODELS = 24
 GB = 10**9
 
 # Ollama library models at Q4_K_M, (name, about the size `ollama pull` reports)
@@ -255,6 +260,27 @@ def unshared(models: list[str], rng: np.random.Generator, ids: BlockIds, *,
         yield _shape(models[next(picks)], ids.extend(EMPTY, next(prompts)), next(outputs))
 
 
+def shifting(models: list[str], rng: np.random.Generator, ids: BlockIds,
+             arrivals: Iterable[float] | None, *, period_s: float = SHIFT_PERIOD_S,
+             step: int = SHIFT_STEP) -> Shapes:
+    """`zipf-models` whose popularity moves: every `period_s` the ranking rotates by `step`
+    (the `step` most popular models fall to the bottom, the next ones rise), blended
+    linearly over the period, so demand for a model rises or falls steadily as in a real
+    fleet whose users move to new models.
+    """
+    n = len(models)
+    base = zipf_weights(n, 1.0)
+    prompts = _batches(lambda k: rng.integers(128, 1025, k))
+    outputs = _batches(lambda k: rng.integers(64, 257, k))
+    draws = _batches(rng.random)
+    for at in arrivals if arrivals is not None else itertools.repeat(0.0):
+        phase, blend = divmod(at / period_s, 1.0)
+        now = np.roll(base, int(phase) * step)
+        weights = (1 - blend) * now + blend * np.roll(now, step)
+        pick = min(int(np.searchsorted(np.cumsum(weights), next(draws) * weights.sum())), n - 1)
+        yield _shape(models[pick], ids.extend(EMPTY, next(prompts)), next(outputs))
+
+
 def zipf_weights(n: int, alpha: float) -> np.ndarray:
     """Popularity of ranks 1..n under Zipf's law with exponent `alpha`."""
     w = 1.0 / np.arange(1, n + 1) ** alpha
@@ -395,7 +421,7 @@ def build(options: WorkloadOptions, capacity: Capacity | None = None) -> Workloa
     requests = list(islice(shapes(sessions, times.tolist()), len(times)))
     for request, at in zip(requests, times.tolist(), strict=True):
         request.arrival = at
-    zipf = options.name == "zipf-models"
+    zipf = options.name in ("zipf-models", "shifting-models")
     return Workload(options.name, requests, models, BLOCK_TOKENS, rate,
                     max_loaded=3 if zipf else None, keep_alive=300.0 if zipf else None)
 
@@ -403,6 +429,8 @@ def build(options: WorkloadOptions, capacity: Capacity | None = None) -> Workloa
 def _default_models(options: WorkloadOptions) -> dict[str, int]:
     if options.name == "zipf-models":
         return zipf_models(np.random.default_rng([options.seed, 3]))
+    if options.name == "shifting-models":  # fewer than the cluster's places: only shifts cost
+        return zipf_models(np.random.default_rng([options.seed, 3]), SHIFTING_MODELS)
     return dict([DEFAULT_MODEL])
 
 
@@ -420,6 +448,8 @@ def _shape_source(options: WorkloadOptions, models: list[str]) -> Callable[[int]
         if options.name == "zipf-models":
             return unshared(models, rng, ids, weights=zipf_weights(len(models), 1.0),
                             prompt=(128, 1024), output=(64, 256))
+        if options.name == "shifting-models":
+            return shifting(models, rng, ids, arrivals)
         return unshared(models, rng, ids)
 
     return shapes

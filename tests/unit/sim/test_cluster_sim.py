@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from ollamamax.sim import timing
@@ -162,3 +164,21 @@ def test_capacity_adds_up_the_nodes() -> None:
     service = timing.ttft(GPU, 1000) + 99 * GPU.decode_s_per_token
     assert one == pytest.approx(1 / service)
     assert capacity(ClusterConfig(nodes=10), 1000, 100) == pytest.approx(10 * one)
+
+
+def test_prewarming_loads_a_rising_model_before_its_requests_and_counts_the_load_apart() -> None:
+    options = w.WorkloadOptions(name="shifting-models", requests=2500, load=0.8, seed=0)
+    base = ClusterConfig(nodes=8, slots=4, num_ctx=8192, warmup_s=120.0)
+    wl = w.build(options, lambda p, o: capacity(base, p, o))
+    config = dataclasses.replace(base, max_loaded=wl.max_loaded, keep_alive=wl.keep_alive)
+    results = {}
+    for prewarm in (False, True):
+        sim = Simulation(wl, dataclasses.replace(config, prewarm=prewarm), "intelligent")
+        results[prewarm] = summarise("intelligent", sim, sim.run()), sim
+    (cold, _), (warm, warm_sim) = results[False], results[True]
+    assert cold["failed"] == warm["failed"] == 0
+    assert warm["prewarm_loads"] > 0 and "prewarm_loads" not in cold
+    assert warm["prewarm_used"] > 0
+    assert warm["cold_loads"] < cold["cold_loads"]
+    # a prewarm load is not a cold load: the nodes count them apart
+    assert sum(len(n.prewarm_load_times) for n in warm_sim.nodes) >= warm["prewarm_loads"]

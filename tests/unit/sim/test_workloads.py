@@ -181,3 +181,18 @@ def test_models_option_takes_a_count_or_names_with_sizes() -> None:
         w.parse_models("a:1b")
     with pytest.raises(ConfigError):
         WorkloadOptions(name="nope")
+
+
+def test_shifting_models_moves_popularity_from_model_to_model_over_time() -> None:
+    wl = build("shifting-models", requests=6000, rate=10.0)
+    assert len(wl.models) == w.SHIFTING_MODELS and wl.max_loaded == 3
+    names = list(wl.models)
+    period = w.SHIFT_PERIOD_S
+
+    def top(lo: float, hi: float) -> str:
+        return Counter(r.model for r in wl.requests if lo <= r.arrival < hi).most_common(1)[0][0]
+
+    # early in each period the ranking is the rotated Zipf one: its first model leads
+    assert top(0, period * 0.2) == names[0]
+    assert top(period, period * 1.2) == names[w.SHIFT_STEP]
+    assert top(2 * period, 2 * period * 1.1) == names[2 * w.SHIFT_STEP]
