@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -59,10 +60,17 @@ class Candidates:
         return len(self.indices)
 
 
+LabelMask = Callable[[ClusterView, frozenset[str], frozenset[str]], "np.ndarray | None"]
+
+
 class Scheduler:
-    def __init__(self, strategy: str | Any = "intelligent", *, seed: int = 0) -> None:
+    def __init__(self, strategy: str | Any = "intelligent", *, seed: int = 0,
+                 label_mask: LabelMask = ClusterView.label_mask) -> None:
         self.strategy = strategies.create(strategy, seed=seed) if isinstance(strategy, str) \
             else strategy
+        # the constraint filter: the view's label index, or the catalogue's nested-loop
+        # baseline (`scheduler.constraints`, flag `scheduler.constraints`)
+        self.label_mask = label_mask
         self._bound: ClusterView | None = None
 
     @property
@@ -76,11 +84,11 @@ class Scheduler:
         carries the required labels.
         """
         if self._bound is not view:
-            self._bind(view)
+            self.bind(view)
         m = view.model_index.get(request.model)
         if m is None or view.holders[m] == 0:
             raise ModelNotFound(request.model)
-        extra = view.label_mask(request.require, request.exclude)
+        extra = self.label_mask(view, request.require, request.exclude)
         candidates = Candidates(view, m, extra, panic=view.routable_holders[m] == 0)
         if extra is None and candidates.panic and len(candidates) == 0:
             raise Unavailable(f"every node with model '{request.model}' has left the cluster")
@@ -94,7 +102,8 @@ class Scheduler:
                             "panic: every node with the model is down; " + decision.reason)
         return decision
 
-    def _bind(self, view: ClusterView) -> None:
+    def bind(self, view: ClusterView) -> None:
+        """Prepare the strategy for `view` (done by the first decision if not before)."""
         bind = getattr(self.strategy, "bind", None)
         if bind is not None:
             bind(view)

@@ -17,18 +17,21 @@ virtual start time, and the smallest tag goes first:
 
 Requests wait per model (one heap each), so a freed slot of model *m* goes straight to the best
 request for *m* with no head-of-line blocking by other models. Pure: time is an argument.
+The ordering structure is swappable by name (flag `scheduler.queue_order`: the heap, or the
+catalogue's sorted-list baseline), also while requests wait (`set_order`).
 """
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import math
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from ollamamax import registry
 from ollamamax.errors import OllamaMaxError
+from ollamamax.scheduler.ordering import ORDERS, Order
 
 # seconds of virtual time each class starts behind `interactive`
 CLASS_OFFSET = (0.0, 2.0, 30.0)
@@ -59,11 +62,13 @@ class Waiting:
 
 class AdmissionQueue:
     def __init__(self, *, max_waiting: int = 1024, max_per_key: int = 256,
-                 quantum: float = 0.1) -> None:
+                 quantum: float = 0.1, order: str = "heap") -> None:
         self.max_waiting = max_waiting
         self.max_per_key = max_per_key
         self.quantum = quantum
-        self._heaps: dict[int, list[Waiting]] = {}
+        self.order = order
+        self._order = registry.load("queue order", ORDERS, order)
+        self._heaps: dict[int, Order] = {}
         self._last_tag: dict[str, float] = {}
         self._per_key: Counter[str] = Counter()
         self._per_model: Counter[int] = Counter()
@@ -105,7 +110,10 @@ class AdmissionQueue:
         if deadline is not None:
             tag = min(tag, deadline)
         item = Waiting(tag, next(self._seq), request, model, key, now, ticket, target)
-        heapq.heappush(self._heaps.setdefault(model, []), item)
+        heap = self._heaps.get(model)
+        if heap is None:
+            heap = self._heaps[model] = self._order()
+        heap.push(item)
         self._per_key[key] += 1
         self._per_model[model] += 1
         self._targets.setdefault(model, Counter())[target] += 1
@@ -114,16 +122,30 @@ class AdmissionQueue:
 
     def peek(self, model: int) -> Waiting | None:
         heap = self._heaps.get(model)
-        while heap and heap[0].gone:
-            heapq.heappop(heap)
-        return heap[0] if heap else None
+        return heap.first() if heap is not None else None
+
+    def pop(self, model: int, now: float) -> Waiting | None:
+        """The next request for `model`, or None."""
+        item = self.peek(model)
+        if item is None:
+            return None
+        self._heaps[model].pop()
+        item.gone = True
+        self._forget(item)
+        self._dispatched.append(now)
+        return item
 
     def head(self, model: int, k: int) -> list[Waiting]:
         """The first `k` requests waiting for `model`, in order (they stay queued)."""
         heap = self._heaps.get(model)
-        if not heap:
-            return []
-        return heapq.nsmallest(k, (item for item in heap if not item.gone))
+        out: list[Waiting] = []
+        if heap is None:
+            return out
+        while len(out) < k and heap.first() is not None:
+            out.append(heap.pop())
+        for item in out:
+            heap.push(item)
+        return out
 
     def take(self, item: Waiting, now: float) -> None:
         """Dispatch `item`, wherever it is in its model's order (dropped lazily)."""
@@ -132,16 +154,11 @@ class AdmissionQueue:
             self._forget(item)
             self._dispatched.append(now)
 
-    def pop(self, model: int, now: float) -> Waiting | None:
-        """The next request for `model`, or None."""
-        item = self.peek(model)
-        if item is None:
-            return None
-        heapq.heappop(self._heaps[model])
-        item.gone = True
-        self._forget(item)
-        self._dispatched.append(now)
-        return item
+    def set_order(self, order: str) -> None:
+        """Move every waiting request into the ordering structure named `order`."""
+        cls = registry.load("queue order", ORDERS, order)
+        self._heaps = {m: cls(heap.items()) for m, heap in self._heaps.items()}
+        self.order, self._order = order, cls
 
     def cancel(self, item: Waiting) -> None:
         """The request gave up (client left, deadline passed); removed lazily from its heap."""
