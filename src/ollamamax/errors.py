@@ -11,10 +11,12 @@
     ├── QueueFull (scheduler.queue)  503 / 429 with Retry-After: admission control refused
     ├── UpstreamError             a node failed *before the first byte*: retryable elsewhere
     │   ├── UpstreamConnectError  could not connect / connection dropped before an answer
+    │   │   └── UpstreamRefused   no connection could be opened at all (the node is down)
     │   ├── UpstreamTimeout       connect or first-token timeout
     │   └── UpstreamStatus        the node answered 5xx (or 404 for a model it should have)
     ├── StreamBroken              a node failed *after* the first byte: not retryable, the
-    │                             stream ends with an error chunk
+    │   │                         stream ends with an error chunk
+    │   └── StreamStopped         the gateway itself ended it (total timeout, shutdown)
     ├── EngineError               an engine failed inside a node: 500 unless a subclass says
     │   └── EngineOverloaded      503: the node's queue is full
     └── StoreError                the coordination store (``cluster``) refused or failed a call
@@ -90,6 +92,10 @@ class UpstreamConnectError(UpstreamError):
     pass
 
 
+class UpstreamRefused(UpstreamConnectError):
+    """Nothing was sent: the connection was refused or could not be opened in time."""
+
+
 class UpstreamTimeout(UpstreamError):
     status = 504
 
@@ -105,6 +111,11 @@ class StreamBroken(OllamaMaxError):
     """A node failed after the first byte reached the client; the stream ends with an error."""
 
     status = 502
+
+
+class StreamStopped(StreamBroken):
+    """The gateway ended a stream after its first byte (the request's total timeout, or the
+    drain deadline of a shutdown): not the node's fault."""
 
 
 class EngineError(OllamaMaxError):

@@ -27,10 +27,15 @@ def run(main: Coroutine[Any, Any, None]) -> None:
     uvloop.run(main)
 
 
-async def start_site(app: web.Application, listen: str) -> tuple[web.AppRunner, str]:
-    """Serve `app` on `listen` (port 0 picks a free one); return the runner and the URL."""
+async def start_site(app: web.Application, listen: str, shutdown_timeout: float = 60.0,
+                     ) -> tuple[web.AppRunner, str]:
+    """Serve `app` on `listen` (port 0 picks a free one); return the runner and the URL.
+
+    `runner.cleanup()` stops listening, closes idle connections, runs the app's shutdown
+    hooks, then gives handlers still running `shutdown_timeout` seconds before cancelling."""
     host, port = parse_listen(listen)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                           shutdown_timeout=shutdown_timeout)
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=2048, reuse_address=True)
     try:

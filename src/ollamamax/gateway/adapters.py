@@ -35,29 +35,41 @@ class Adapter(Protocol):
 
 
 class OllamaPassthrough:
-    """Ollama API: the node's bytes go to the client unchanged, as they arrive."""
+    """Ollama API: the node's lines go to the client unchanged, as they arrive.
 
-    __slots__ = ("_at_line_start",)
+    Only whole lines are passed on: the rare piece that ends mid-line is held until its
+    newline, so a stream cut mid-line ends with Ollama's error line, never with half a JSON
+    object a client would fail to parse. (A node writes one line at a time: the fast path.)
+    """
+
+    __slots__ = ("_partial",)
     stream_content_type = NDJSON
 
     def __init__(self) -> None:
-        self._at_line_start = True
+        self._partial = b""
 
     def whole(self, status: int, body: bytes) -> web.Response:
         return web.Response(status=status, body=body, content_type=JSON)
 
     def feed(self, data: bytes) -> bytes:
-        if data:
-            self._at_line_start = data.endswith(b"\n")
-        return data
+        if self._partial:
+            data = self._partial + data
+            self._partial = b""
+        if data.endswith(b"\n") or not data:
+            return data
+        cut = data.rfind(b"\n") + 1
+        self._partial = data[cut:]
+        return data[:cut]
 
     def end(self) -> bytes:
-        return b""
+        tail, self._partial = self._partial, b""
+        return tail  # a last line without its newline, as the node sent it
 
     def error(self, message: str) -> bytes:
-        # Ollama ends a failed stream with one more NDJSON line: {"error": "..."}.
-        prefix = b"" if self._at_line_start else b"\n"
-        return prefix + dumps({"error": message}) + b"\n"
+        # Ollama ends a failed stream with one more NDJSON line: {"error": "..."}; a line
+        # the node did not finish is dropped.
+        self._partial = b""
+        return dumps({"error": message}) + b"\n"
 
 
 class OpenAIAdapter:

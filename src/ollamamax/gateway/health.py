@@ -1,9 +1,14 @@
 """Active health checks: poll every node, mark it down after failures and up after success.
 
 Nodes run by OllamaMax answer ``GET /telemetry`` (health, models, what is loaded, slots,
-queue, memory). A stock Ollama server without a node agent answers 404 there; it is then read
-through ``/api/tags`` and ``/api/ps``, as Ollama itself exposes them. Each tick returns one
-sentence per change, so the loop explains itself in the log and in tests.
+queue, memory, draining). A stock Ollama server without a node agent answers 404 there; it is
+then read through ``/api/tags`` and ``/api/ps``, as Ollama itself exposes them. Each tick
+returns one sentence per change, so the loop explains itself in the log and in tests.
+
+A node found down has its requests still waiting for a first byte failed at once, so they go
+to another node instead of waiting out the TTFT timeout (a paused or hung node costs a client
+about `unhealthy_after` checks, not `ttft_timeout`). Each tick also serves the circuit
+breakers' time (`gateway.resilience`): ejections that ended become half-open.
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ from typing import Any
 
 import msgspec
 
-from ollamamax.config import GatewayConfig
+from ollamamax.config import GatewayConfig, ResilienceConfig
+from ollamamax.gateway.resilience import Resilience
 from ollamamax.gateway.upstream import Upstream
 from ollamamax.metrics import GatewayMetrics
 from ollamamax.models.names import try_key
@@ -31,12 +37,16 @@ log = logging.getLogger(__name__)
 class HealthChecker:
     def __init__(self, config: GatewayConfig, view: ClusterView, upstream: Upstream,
                  metrics: GatewayMetrics, clock: Callable[[], float] = time.monotonic,
-                 on_change: Callable[[], None] | None = None) -> None:
+                 on_change: Callable[[], None] | None = None,
+                 resilience: Resilience | None = None,
+                 nodes: Callable[[], list[int]] | None = None) -> None:
         self.config = config
+        self.nodes = nodes or view.present_nodes  # which to poll (cluster mode: not members)
         self.view = view
         self.upstream = upstream
         self.metrics = metrics
         self.clock = clock
+        self.resilience = resilience or Resilience(ResilienceConfig(), view, metrics, clock)
         self.on_change = on_change  # capacity may have freed: re-check held requests
         self._failures: dict[int, int] = {}
         self._successes: dict[int, int] = {}
@@ -44,12 +54,17 @@ class HealthChecker:
 
     async def tick(self) -> list[str]:
         """Check every node once; return what changed, one sentence each."""
-        nodes = self.view.present_nodes()
+        nodes = self.nodes()
         results = await asyncio.gather(*(self._check(i) for i in nodes))
         self.ticks += 1
+        sentences = [sentence for sentence in results if sentence]
+        if sentences:
+            change = self.resilience.health_changed()  # panic may begin or end
+            sentences.extend([change] if change else [])
+        sentences.extend(self.resilience.tick())
         if self.on_change is not None:
             self.on_change()
-        return [sentence for sentence in results if sentence]
+        return sentences
 
     async def run(self) -> None:
         while True:
@@ -107,11 +122,21 @@ class HealthChecker:
                     prefix_blocks=kv_tokens // TOKENS_PER_BLOCK if kv_tokens else None,
                     now=self.clock())
         view.info[i] = info
+        drained = self._draining(i, bool(info.get("draining")))
         if view.healthy[i] or self._successes[i] < self.config.healthy_after:
-            return ""
+            return drained
         view.set_health(i, True, self.clock())
         self.metrics.node_healthy.labels(view.ids[i]).set(1)
-        return f"{view.ids[i]} is up ({len(models)} models, {len(loaded)} loaded)"
+        up = f"{view.ids[i]} is up ({len(models)} models, {len(loaded)} loaded)"
+        return f"{up}; {drained}" if drained else up
+
+    def _draining(self, i: int, draining: bool) -> str:
+        view = self.view
+        if bool(view.draining[i]) == draining:
+            return ""
+        view.set_draining(i, draining)
+        return (f"{view.ids[i]} is draining: no new requests go there" if draining
+                else f"{view.ids[i]} takes requests again (no longer draining)")
 
     def _failed(self, i: int, reason: str) -> str:
         view = self.view
@@ -124,7 +149,10 @@ class HealthChecker:
             return ""
         view.set_health(i, False, self.clock(), reason)
         self.metrics.node_healthy.labels(view.ids[i]).set(0)
-        return f"{view.ids[i]} is down after {self._failures[i]} failed checks: {reason}"
+        moved = self.upstream.abandon(view.urls[i], f"declared down by its health checks "
+                                      f"({reason})")
+        also = f"; {moved} requests waiting for its first byte go elsewhere" if moved else ""
+        return f"{view.ids[i]} is down after {self._failures[i]} failed checks: {reason}{also}"
 
 
 def _describe(exc: BaseException) -> str:

@@ -11,6 +11,7 @@ and fan-out GETs through aiohttp.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -18,7 +19,9 @@ import aiohttp
 from ollamamax.config import GatewayConfig
 from ollamamax.errors import (
     StreamBroken,
+    StreamStopped,
     UpstreamConnectError,
+    UpstreamRefused,
     UpstreamStatus,
     UpstreamTimeout,
 )
@@ -28,22 +31,32 @@ from ollamamax.gateway import node_http
 class Reply:
     """A node's answer whose status and first bytes have arrived."""
 
-    __slots__ = ("_idle", "_node", "_response", "first", "status")
+    __slots__ = ("_deadline", "_idle", "_node", "_response", "first", "status")
 
-    def __init__(self, node: str, response: node_http.Response, first: bytes, idle: float):
+    def __init__(self, node: str, response: node_http.Response, first: bytes, idle: float,
+                 deadline: float = 0.0):
         self._node = node
         self._response = response
         self._idle = idle
+        self._deadline = deadline  # time.perf_counter() by which the answer must end (0: none)
         self.status = response.status
         self.first = first
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        """The rest of the body as it arrives; `StreamBroken` when the node fails or stalls."""
+        """The rest of the body as it arrives; `StreamBroken` when the node fails or stalls,
+        or the request's total time runs out."""
         while True:
+            idle = self._idle
+            if self._deadline:
+                idle = max(0.0, min(idle, self._deadline - time.perf_counter()))
             try:
-                data = await self._response.piece(self._idle)
+                data = await self._response.piece(idle)
             except TimeoutError:
+                if idle < self._idle:
+                    raise StreamStopped("the request's total timeout ran out") from None
                 raise StreamBroken(f"node {self._node} sent nothing for {self._idle:g} s") from None
+            except node_http.Abandoned as exc:
+                raise StreamStopped(str(exc)) from None
             except ConnectionError as exc:
                 raise StreamBroken(f"node {self._node} failed mid-answer: {_describe(exc)}") from None
             if not data:
@@ -82,33 +95,52 @@ class Upstream:
             await self._session.close()
             self._session = None
 
-    async def send(self, node: str, url: str, body: bytes, *, read_all: bool = False) -> Reply:
-        """POST `body` to `url`; return when status and first bytes (or all, if asked) are in."""
+    async def send(self, node: str, url: str, body: bytes, *, read_all: bool = False,
+                   deadline: float = 0.0) -> Reply:
+        """POST `body` to `url`; return when status and first bytes (or all, if asked) are in.
+
+        `deadline`: the `time.perf_counter()` by which the whole request must end (0: none);
+        the first byte must come within the TTFT timeout and before it."""
         response = None
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.config.ttft_timeout
+        ttft = self.config.ttft_timeout
+        if deadline:
+            ttft = max(0.0, min(ttft, deadline - time.perf_counter()))
+        first_by = loop.time() + ttft
         try:
-            response = await self._nodes.post(url, body, self.config.connect_timeout,
-                                              self.config.ttft_timeout)
-            left = max(0.0, deadline - loop.time())
+            response = await self._nodes.post(url, body, self.config.connect_timeout, ttft)
+            left = max(0.0, first_by - loop.time())
             first = await response.read(left) if read_all else await response.piece(left)
             if response.status >= 500:
-                rest = b"" if read_all else await response.read(max(0.0, deadline - loop.time()))
+                rest = b"" if read_all else await response.read(max(0.0, first_by - loop.time()))
                 status = response.status
                 response.release()
                 response = None  # back in the pool: nothing left to close
                 raise UpstreamStatus(node, status, first + rest)
-            return Reply(node, response, first, self.config.idle_timeout)
+            return Reply(node, response, first, self.config.idle_timeout, deadline)
         except TimeoutError:
             _close(response)
-            raise UpstreamTimeout(node, f"no answer within {self.config.ttft_timeout:g} s") from None
+            why = "" if ttft == self.config.ttft_timeout else " (the request's total timeout)"
+            raise UpstreamTimeout(node, f"no answer within {ttft:g} s{why}") from None
+        except node_http.ConnectFailed as exc:
+            raise UpstreamRefused(node, f"cannot connect: {exc}") from None
+        except node_http.Abandoned as exc:
+            _close(response)
+            raise UpstreamConnectError(node, str(exc)) from None
         except (ConnectionError, OSError) as exc:
             _close(response)
-            prefix = "cannot connect: " if response is None else ""
-            raise UpstreamConnectError(node, prefix + _describe(exc)) from None
+            raise UpstreamConnectError(node, _describe(exc)) from None
         except BaseException:
             _close(response)
             raise
+
+    def abandon(self, url: str, reason: str) -> int:
+        """Fail the requests to `url` still waiting for their first byte (see node_http)."""
+        return self._nodes.abandon(url, reason)
+
+    def abandon_all(self, reason: str) -> int:
+        """End every exchange with nodes now (the gateway's drain deadline has passed)."""
+        return self._nodes.abandon_all(reason)
 
     async def get_json(self, url: str, timeout: float) -> tuple[int, bytes]:
         async with asyncio.timeout(timeout), self.session.get(url) as response:

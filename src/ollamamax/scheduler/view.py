@@ -2,7 +2,8 @@
 
 Nodes are numbered 0..n-1 in the order they join; a node that leaves keeps its number (its row
 is marked absent) so arrays never shift under a strategy. Models are numbered as they are
-first seen. Per node the view keeps health, draining, requests in flight, reported queue,
+first seen. Per node the view keeps health, draining, ejection (passive outlier detection,
+`gateway.outliers`), requests in flight, reported queue,
 memory and hardware speed; per (model, node) whether the node has the model, whether it is
 loaded, its slots, how many requests this gateway has there (`busy`, exact and current), and
 what other gateways add (`reported_busy` in slots, `queued` waiting), taken from telemetry
@@ -65,7 +66,8 @@ class ViewListener(Protocol):
 
 
 _NODE_ARRAYS: dict[str, Any] = {
-    "present": np.bool_, "healthy": np.bool_, "draining": np.bool_, "routable": np.bool_,
+    "present": np.bool_, "healthy": np.bool_, "draining": np.bool_, "ejected": np.bool_,
+    "routable": np.bool_,
     "in_flight": np.int32, "served": np.int64, "queue_depth": np.int32,
     "mem_total": np.int64, "mem_free": np.int64, "speed": np.float64, "updated_at": np.float64,
     # the node's own limits (telemetry; Ollama's defaults until it reports them)
@@ -87,6 +89,7 @@ class ClusterView:
     present: np.ndarray
     healthy: np.ndarray
     draining: np.ndarray
+    ejected: np.ndarray
     routable: np.ndarray
     in_flight: np.ndarray
     served: np.ndarray
@@ -205,6 +208,13 @@ class ClusterView:
     def set_draining(self, i: int, draining: bool) -> None:
         if bool(self.draining[i]) != draining:
             self.draining[i] = draining
+            self._update_routable(i)
+            self._node_changed(i)
+
+    def set_ejected(self, i: int, ejected: bool) -> None:
+        """Passive outlier detection took the node out of routing (or let it back)."""
+        if bool(self.ejected[i]) != ejected:
+            self.ejected[i] = ejected
             self._update_routable(i)
             self._node_changed(i)
 
@@ -348,7 +358,8 @@ class ClusterView:
         self.labels[i] = labels
 
     def _update_routable(self, i: int) -> None:
-        routable = bool(self.present[i] and self.healthy[i] and not self.draining[i])
+        routable = bool(self.present[i] and self.healthy[i] and not self.draining[i]
+                        and not self.ejected[i])
         if routable == bool(self.routable[i]):
             return
         self.routable[i] = routable

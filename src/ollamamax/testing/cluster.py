@@ -4,6 +4,10 @@
         client = ollama.Client(host=cluster.url)
         cluster.kill("node-2")          # SIGKILL, like a machine that dies
         cluster.wait_nodes(healthy=2)   # polls /admin/nodes with a deadline
+        cluster.pause("node-1"); cluster.resume("node-1")   # SIGSTOP / SIGCONT
+
+With ``proxied=["node-1"]`` the gateway reaches node-1 through a fault proxy (its own
+process, ``ollamamax testing faultproxy``): ``cluster.add_toxic("node-1", "latency:latency=300")``.
 
 Everything runs on 127.0.0.1 with OS-chosen ports, and everything started is stopped on exit.
 """
@@ -22,12 +26,15 @@ from ollamamax.models.store import ModelStore
 from ollamamax.supervisor import Child, Supervisor
 
 Prepare = Callable[[ModelStore], object]
+# 127.0.0.1 is never reached through an HTTP proxy from the environment.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 class LocalCluster:
     def __init__(self, run_dir: str | Path, *, engine: str = "sim", nodes: int = 2,
                  prepare: Prepare | None = None, node_args: Sequence[str] = (),
-                 gateway_args: Sequence[str] = (), env: dict[str, str] | None = None) -> None:
+                 gateway_args: Sequence[str] = (), env: dict[str, str] | None = None,
+                 proxied: Sequence[str] = ()) -> None:
         self.run_dir = Path(run_dir)
         self.engine = engine
         self.node_count = nodes
@@ -35,6 +42,8 @@ class LocalCluster:
         self.node_args = list(node_args)
         self.gateway_args = list(gateway_args)
         self.env = env
+        self.proxied = list(proxied)
+        self.proxy_apis: dict[str, str] = {}  # node name -> its fault proxy's control API
         self.supervisor = Supervisor(self.run_dir / "logs")
         self.url = ""
 
@@ -43,7 +52,8 @@ class LocalCluster:
     def start(self) -> LocalCluster:
         try:
             children = [self._start_node(i) for i in range(1, self.node_count + 1)]
-            backends = [f"{c.name}={self.supervisor.wait_ready(c)}" for c in children]
+            backends = [f"{c.name}={self._proxy(c.name, self.supervisor.wait_ready(c))}"
+                        for c in children]
             args = ["gateway", "--listen", "127.0.0.1:0", "--log-level", "info",
                     *[a for b in backends for a in ("--backend", b)], *self.gateway_args]
             gateway = self.supervisor.start("gateway", args, self.env)
@@ -62,6 +72,17 @@ class LocalCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def _proxy(self, name: str, url: str) -> str:
+        """The URL the gateway should use for node `name`: its own, or a fault proxy's."""
+        if name not in self.proxied:
+            return url
+        child = self.supervisor.start(f"proxy-{name}", [
+            "testing", "faultproxy", "--upstream", url, "--listen", "127.0.0.1:0",
+            "--api", "127.0.0.1:0"], self.env)
+        proxy_url = self.supervisor.wait_ready(child)
+        self.proxy_apis[name] = json.loads(child.announce.read_text())["api"]
+        return proxy_url
 
     def _start_node(self, i: int, port: int = 0) -> Child:
         store_dir = self.run_dir / f"node-{i}" / "models"
@@ -89,10 +110,34 @@ class LocalCluster:
         child = self._start_node(int(name.rpartition("-")[2]), port)
         return self.supervisor.wait_ready(child)
 
+    def pause(self, name: str) -> None:
+        """SIGSTOP: the process keeps its sockets but answers nothing, like a hung machine.
+        `stop` sends SIGCONT first, so a paused node never outlives the cluster."""
+        self.supervisor.signal(name, signal.SIGSTOP)
+
+    def resume(self, name: str) -> None:
+        self.supervisor.signal(name, signal.SIGCONT)
+
+    def add_toxic(self, name: str, spec: str) -> dict[str, Any]:
+        """Add a toxic (``TYPE[@STREAM][:key=value,...]``) to node `name`'s fault proxy."""
+        from ollamamax.testing.faultproxy import Toxic
+
+        return self._proxy_call(name, "POST", "/toxics", Toxic.parse(spec).to_json())
+
+    def clear_toxics(self, name: str) -> None:
+        self._proxy_call(name, "DELETE", "/toxics")
+
+    def _proxy_call(self, name: str, method: str, path: str, body: Any = None) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.proxy_apis[name] + path, data=data, method=method,
+                                         headers={"Content-Type": "application/json"})
+        with _DIRECT.open(request, timeout=5) as r:
+            return json.loads(r.read())
+
     # -- observation -----------------------------------------------------------------------
 
     def get(self, path: str, timeout: float = 5.0) -> Any:
-        with urllib.request.urlopen(self.url + path, timeout=timeout) as r:
+        with _DIRECT.open(self.url + path, timeout=timeout) as r:
             return json.loads(r.read())
 
     def nodes(self) -> list[dict[str, Any]]:
