@@ -73,6 +73,9 @@ class EtcdHttp:
         self._ssl = ssl_context
         self._current = 0
         self._session: aiohttp.ClientSession | None = None
+        # watches hold their connection for as long as they run: their own pool, without a
+        # limit, so a process with many watches never starves its calls (or its watches)
+        self._watch_session: aiohttp.ClientSession | None = None
         self._streams: set[aiohttp.ClientResponse] = set()  # open watches, ended by `close`
 
     @property
@@ -131,8 +134,9 @@ class EtcdHttp:
         endpoint = self.endpoint
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout)
         try:
-            async with self._client().post(endpoint + path, data=msgspec.json.encode(body),
-                                           headers=headers, timeout=timeout) as resp:
+            async with self._client(watch=True).post(
+                    endpoint + path, data=msgspec.json.encode(body), headers=headers,
+                    timeout=timeout) as resp:
                 if resp.status != 200:
                     _raise_error(await resp.read(), resp.status, repeatable=False)
                 self._streams.add(resp)
@@ -154,18 +158,26 @@ class EtcdHttp:
         n = len(self.endpoints)
         return [(self._current + i) % n for i in range(n)]
 
-    def _client(self) -> aiohttp.ClientSession:
+    def _client(self, *, watch: bool = False) -> aiohttp.ClientSession:
+        if watch:
+            if self._watch_session is None:
+                self._watch_session = self._new_session(limit=0)
+            return self._watch_session
         if self._session is None:  # created on first use, inside the running loop
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=self._ssl if self._ssl else True),
-                headers={"Content-Type": "application/json"})
+            self._session = self._new_session(limit=100)
         return self._session
+
+    def _new_session(self, limit: int) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=self._ssl if self._ssl else True, limit=limit),
+            headers={"Content-Type": "application/json"})
 
     async def close(self) -> None:
         for resp in list(self._streams):  # closing the session alone leaves them reading
             resp.close()
-        if self._session is not None:
-            await self._session.close()
+        for session in (self._session, self._watch_session):
+            if session is not None:
+                await session.close()
 
 
 async def _lines(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
