@@ -40,6 +40,7 @@ def snapshot(node_id: str, engine: str, url: str, models: list[dict[str, Any]],
         "num_ctx": status.get("num_ctx", 0),
         "in_flight": in_flight,
         "memory": memory(),
+        "cpu_percent": _PROCESS.cpu_percent(None),  # this process, % of one core, since the last read
         "cpu_count": os.cpu_count() or 1,
         "uptime_s": round(time.monotonic() - started, 3),
     }
