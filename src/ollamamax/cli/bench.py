@@ -143,6 +143,119 @@ def honesty(
         out.print(f"wrote {json_file}")
 
 
+@app.command()
+def catalog(
+    json_file: Annotated[Path | None, typer.Option(
+        "--json", help="Also write the results as JSON to this file.")] = None,
+    quick: Annotated[bool, typer.Option(help="A tiny smoke run (small sizes, short rounds).")
+                     ] = False,
+) -> None:
+    """The optimisation catalogue's table, measured: each baseline against what ships.
+
+    Both variants of every pair (docs/benchmarks.md) on the same generated inputs, the
+    catalogue's own figures beside them, and the empirical complexity exponents.
+    """
+    from rich.table import Table
+
+    from ollamamax.bench import catalog as bench
+
+    report = bench.run(bench.Options.quick() if quick else bench.Options(), progress=err.print)
+    if not out.is_terminal:
+        out.width = max(out.width, 140)
+    table = Table("metric", "unit", "before", "after", "catalogue before", "catalogue after",
+                  title="The catalogue's results table, measured", box=None)
+    for r in report["rows"]:
+        table.add_row(r["metric"], r["unit"], f"{r['before']:,.4g}", f"{r['after']:,.4g}",
+                      f"{r['seed_before']:,g}", f"{r['seed_after']:,g}")
+    out.print(table)
+    table = Table("component", "before", "after", "claimed before", "claimed after",
+                  title="Empirical exponent k of time ~ n^k", box=None)
+    for c in report["complexity"]:
+        table.add_row(c["component"], f"{c['before_exponent']:.2f}", f"{c['after_exponent']:.2f}",
+                      c["claimed_before"], c["claimed_after"])
+    out.print(table)
+    colours = {"met": "green", "missed": "red", "better than claimed": "cyan", "no claim": "dim"}
+    for goal, verdict, figures in bench.goals(report):
+        out.print(f"goal: {goal}: [{colours[verdict]}]{verdict}[/]"
+                  + (f" ({figures})" if figures else ""), highlight=False)
+    if json_file is not None:
+        bench.write_json(report, json_file)
+        out.print(f"wrote {json_file}")
+
+
+@app.command()
+def membership(
+    nodes: Annotated[int, typer.Option(min=2, help="Simulated node agents.")] = 1000,
+    json_file: Annotated[Path | None, typer.Option(
+        "--json", help="Also write the results as JSON to this file.")] = None,
+    steady: Annotated[float, typer.Option(min=1.0, help="Seconds of steady state measured.")
+                      ] = 20.0,
+    quick: Annotated[bool, typer.Option(help="A small smoke run (at most 50 nodes, 2 s, TTL 2 s).")
+                     ] = False,
+) -> None:
+    """Cluster membership on a local etcd: N simulated nodes (telemetry changing every 2 s)
+    and one gateway watch. Registration time, steady writes/s, watch propagation, dead node."""
+    from ollamamax.bench import membership as bench
+    from ollamamax.cluster.local_etcd import missing_reason
+
+    reason = missing_reason()
+    if reason:
+        err.print(f"[bold red]error:[/] bench membership needs etcd: {reason}")
+        raise typer.Exit(2)
+    options = (bench.Options.quick(min(nodes, 50)) if quick
+               else bench.Options.sized(nodes, steady_s=steady))
+    result = bench.run(options, progress=err.print)
+    out.print(" ".join(f"{k}={result[k]}" for k in bench.KEYS), highlight=False)
+    for goal, met in bench.goals(result):
+        out.print(f"goal: {goal}: " + ("[green]met[/]" if met else "[red]missed[/]"),
+                  highlight=False)
+    if json_file is not None:
+        bench.write_json(result, json_file)
+        out.print(f"wrote {json_file}")
+
+
+@app.command()
+def chaos(
+    duration: Annotated[float, typer.Option(min=1.0, help="Seconds of each phase.")] = 60.0,
+    json_file: Annotated[Path | None, typer.Option(
+        "--json", help="Write the chaos phase's figures as JSON to this file.")] = None,
+    baseline_json: Annotated[Path | None, typer.Option(
+        "--baseline-json", help="Write the fault-free phase's figures here too.")] = None,
+    rate: Annotated[float | None, typer.Option(min=0.1, help="Requests per second.")] = None,
+    quick: Annotated[bool, typer.Option(help="A few seconds per phase (figures meaningless)."
+                                        )] = False,
+    run_dir: Annotated[Path | None, typer.Option(
+        help="Keep the processes' logs in this directory.")] = None,
+    hedge: Annotated[bool, typer.Option(
+        help="Run the gateway with hedging of non-streamed requests on.")] = False,
+) -> None:
+    """Steady load on a gateway over 5 sim nodes while one is killed and restarted, one
+    paused and resumed, one slowed and one resets connections; then the same load without
+    faults. Prints both; goals: nothing lost, TTFT p99 at most 2x the fault-free one.
+    """
+    import dataclasses
+
+    from ollamamax.bench import chaos as bench
+
+    options = bench.Options.quick() if quick else bench.Options(duration=duration)
+    options = dataclasses.replace(options, rate=rate or options.rate, hedge=hedge,
+                                  run_dir=str(run_dir) if run_dir else None)
+    result = bench.run(options, progress=err.print)
+    for name in ("baseline", "chaos"):
+        figures = ", ".join(f"{k} {v}" for k, v in result[name].items())
+        out.print(f"{name}: {figures}", highlight=False)
+    for name in ("baseline", "chaos"):
+        slowest = ", ".join(f"{t:.2f} s at {at:g} s" for at, t in result["slowest_ttft"][name])
+        out.print(f"{name}: slowest TTFTs (when sent): {slowest}", highlight=False)
+    for goal, met, figures in result["goals"]:
+        mark = "[green]met[/]" if met else "[red]missed[/]"
+        out.print(f"goal: {goal}: {mark} ({figures})", highlight=False)
+    for phase, path in (("chaos", json_file), ("baseline", baseline_json)):
+        if path is not None:
+            bench.write_json(result[phase], path)
+            out.print(f"wrote {path}")
+
+
 def _levels(text: str) -> tuple[int, ...]:
     try:
         levels = tuple(int(part) for part in text.split(",") if part.strip())

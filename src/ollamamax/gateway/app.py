@@ -5,6 +5,8 @@
     OpenAI  POST /v1/chat/completions /v1/completions /v1/embeddings
             GET  /v1/models /v1/models/{model}
     Own     GET  /health /metrics /admin/nodes
+            GET /admin/flags, PUT /admin/flags/{name}, POST /admin/flags/{name}/rollback
+            GET  /dashboard /dashboard/events /admin/status /admin/alerts (dashboard.routes)
 """
 
 from __future__ import annotations
@@ -23,18 +25,25 @@ from ollamamax import OLLAMA_API_VERSION, __version__
 from ollamamax.api import ollama_types as ot
 from ollamamax.api.errors import error_middleware
 from ollamamax.api.http import json_response, read_body, root
+from ollamamax.cluster import wiring
 from ollamamax.config import Config
 from ollamamax.errors import ConfigError, NotFound
+from ollamamax.gateway import admin_flags
 from ollamamax.gateway.adapters import Adapter, OllamaPassthrough
+from ollamamax.gateway.drain import drain
 from ollamamax.gateway.health import HealthChecker
+from ollamamax.gateway.prewarm import PrewarmLoop
 from ollamamax.gateway.proxy import RequestPath
+from ollamamax.gateway.resilience import Resilience
 from ollamamax.gateway.route import Request, route_request
 from ollamamax.gateway.upstream import Upstream
 from ollamamax.metrics import CONTENT_TYPE, GatewayMetrics
 from ollamamax.models.names import try_key
-from ollamamax.scheduler import ClusterView, Scheduler
+from ollamamax.observability import request_ids
+from ollamamax.observability.monitor import Monitor, observed_router
+from ollamamax.scheduler import ClusterView
+from ollamamax.scheduler.prewarm import Prewarmer
 from ollamamax.scheduler.queue import AdmissionQueue
-from ollamamax.scheduler.router import Router
 
 log = logging.getLogger(__name__)
 
@@ -62,18 +71,34 @@ class Gateway:
         self.metrics = GatewayMetrics()
         self.upstream = Upstream(config.gateway)
         sched = config.scheduler
-        self.scheduler = Scheduler(sched.strategy)
+        self.flags = admin_flags.gateway_flags(config)
+        self.scheduler = admin_flags.flagged_scheduler(self.flags, self.view, sched.queue)
         queue = AdmissionQueue(max_waiting=sched.max_waiting,
                                max_per_key=sched.max_waiting_per_key) if sched.queue else None
-        self.router = Router(self.scheduler, self.view, queue)
-        self.path = RequestPath(config.gateway, self.router, self.upstream, self.metrics)
+        prewarmer = Prewarmer(interval_s=sched.prewarm_interval) if sched.prewarm else None
+        if prewarmer is not None:
+            self.metrics.read_prewarm(lambda: (prewarmer.loads, prewarmer.used, prewarmer.wasted))
+        self.router = observed_router(self.metrics, self.scheduler, self.view, queue,
+                                      window=config.alerts.window, prewarmer=prewarmer)
+        admin_flags.follow(self.flags, self.router, self.metrics, self.scheduler)
+        self.resilience = Resilience(config.resilience, self.view, self.metrics)
+        self.path = RequestPath(config.gateway, self.router, self.upstream, self.metrics,
+                                resilience=self.resilience)
+        # cluster mode: the view follows etcd; health checks poll only what etcd does not say
+        self.cluster = wiring.ClusterMode(config, self.view, self.metrics, self._capacity_changed)
         self.health = HealthChecker(config.gateway, self.view, self.upstream, self.metrics,
-                                    on_change=self._capacity_changed)
+                                    on_change=self._capacity_changed, resilience=self.resilience,
+                                    nodes=self.cluster.polled)
+        self.draining = False  # SIGTERM: stopping; in-flight requests finish (gateway.drain)
         self._health_task: asyncio.Task[None] | None = None
+        self.prewarm: PrewarmLoop | None = None  # with scheduler.prewarm
+        self._prewarm_task: asyncio.Task[None] | None = None
         self.max_body = config.gateway.max_body_bytes
+        self.monitor = Monitor(self)  # samples, alert rules, the dashboard (docs/metrics.md)
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[error_middleware], client_max_size=self.max_body)
+        app = web.Application(middlewares=[request_ids.middleware, error_middleware],
+                              client_max_size=self.max_body)
         add, get = app.router.add_route, app.router.add_get  # GET routes answer HEAD too
         get("/", root)
         get("/api/version", self.version)
@@ -89,9 +114,14 @@ class Gateway:
         get("/health", self.healthz)
         get("/metrics", self.metrics_endpoint)
         get("/admin/nodes", self.nodes)
+        admin_flags.add_routes(app, self.flags, self.scheduler.served)
         self._add_openai_routes(app)
         app.on_startup.append(self._start)
+        app.on_shutdown.append(self._drain)
         app.on_cleanup.append(self._stop)
+        from ollamamax.dashboard import routes as dashboard
+
+        dashboard.install(app, self.monitor)
         return app
 
     def _add_openai_routes(self, app: web.Application) -> None:
@@ -100,15 +130,29 @@ class Gateway:
         openai_routes.add_routes(app, self)
 
     async def _start(self, app: web.Application) -> None:
+        await self.cluster.start()
         for sentence in await self.health.tick():  # a warm view before the first request
             log.info("%s", sentence)
         self._health_task = asyncio.create_task(self.health.run(), name="health-checks")
+        if self.router.prewarmer is not None:
+            self.prewarm = PrewarmLoop(self.path, self.upstream.session,
+                                       self.router.prewarmer.interval_s)
+            self._prewarm_task = asyncio.create_task(self.prewarm.run(), name="prewarm")
+
+    async def _drain(self, app: web.Application) -> None:
+        """The server stopped listening: let requests in flight finish (docs/resilience.md)."""
+        self.draining = True
+        log.info("%s", await drain(self.path, self.upstream, self.config.gateway.drain_timeout))
 
     async def _stop(self, app: web.Application) -> None:
-        if self._health_task is not None:
-            self._health_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._health_task
+        for task in (self._health_task, self._prewarm_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self.prewarm is not None:
+            await self.prewarm.close()
+        await self.cluster.stop()
         await self.path.close()
         await self.upstream.close()
 
@@ -204,7 +248,8 @@ class Gateway:
     async def healthz(self, request: web.Request) -> web.Response:
         view = self.view
         present = view.present_nodes()
-        return json_response({"status": "ok", "version": __version__, "nodes": len(present),
+        return json_response({"status": "draining" if self.draining else "ok",
+                              "version": __version__, "nodes": len(present),
                               "nodes_healthy": sum(1 for i in present if view.healthy[i]),
                               "health_ticks": self.health.ticks, "strategy": self.scheduler.name,
                               "waiting": len(self.router.queue) if self.router.queue else 0})
@@ -222,7 +267,9 @@ class Gateway:
 
         return json_response({"nodes": [
             {"id": view.ids[i], "url": view.urls[i], "healthy": bool(view.healthy[i]),
-             "draining": bool(view.draining[i]), "models": models_where(i, view.has),
+             "draining": bool(view.draining[i]), "ejected": bool(view.ejected[i]),
+             "breaker": self.resilience.outliers.state_name(i),
+             "models": models_where(i, view.has),
              "loaded": models_where(i, view.loaded), "in_flight": int(view.in_flight[i]),
              "served": int(view.served[i]), "queue_depth": int(view.queue_depth[i]),
              "last_error": view.last_error[i],

@@ -17,9 +17,19 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from ollamamax.logs import request_id
+
 
 class Closed(ConnectionError):
     """The node closed the connection (before or during the answer)."""
+
+
+class ConnectFailed(ConnectionError):
+    """No connection could be opened (refused, unreachable, timed out): nothing was sent."""
+
+
+class Abandoned(ConnectionError):
+    """The gateway gave up on the answer (the node was declared down, or it shuts down)."""
 
 
 class _Conn(asyncio.Protocol):
@@ -136,6 +146,19 @@ class _Conn(asyncio.Protocol):
     def done(self) -> bool:
         return self._done
 
+    @property
+    def awaiting_head(self) -> bool:
+        """A request was sent and nothing of its answer has arrived yet."""
+        return self._waiter is not None and not self._head_done
+
+    def fail(self, exc: BaseException) -> None:
+        """End the exchange with `exc` (raised to the reader) and drop the connection."""
+        if self._exc is None and not self._done:
+            self._exc = exc
+        self.keep_alive = False
+        self.abort()
+        self._wake()
+
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
@@ -168,7 +191,9 @@ class _HostPool:
             async with asyncio.timeout(connect_timeout):
                 _, conn = await loop.create_connection(lambda: _Conn(self), self.host, self.port)
         except TimeoutError:
-            raise ConnectionError(f"connect timed out after {connect_timeout:g} s") from None
+            raise ConnectFailed(f"connect timed out after {connect_timeout:g} s") from None
+        except OSError as exc:
+            raise ConnectFailed(exc.strerror or str(exc) or type(exc).__name__) from None
         self.open.add(conn)
         return conn, False
 
@@ -183,6 +208,18 @@ class _HostPool:
         self.open.discard(conn)
         if conn in self.idle:
             self.idle.remove(conn)
+
+    def abandon(self, reason: str, waiting_only: bool) -> int:
+        """Fail the exchanges on this host's connections (only those still waiting for an
+        answer's first byte, if `waiting_only`); how many were failed."""
+        failed = 0
+        for conn in list(self.open):
+            if conn.awaiting_head or (not waiting_only and not conn.done):
+                conn.fail(Abandoned(reason))
+                failed += 1
+            elif not waiting_only:
+                conn.abort()
+        return failed
 
     def close(self) -> None:
         for conn in list(self.open):
@@ -217,8 +254,11 @@ class NodeClient:
         """Send; return once the head has arrived. A reused connection the node had closed is
         replaced once, as no byte of the request can have been processed."""
         pool, path = self._target(url)
+        rid = request_id.get()  # the client's request id goes to the node (X-Request-Id)
         data = (b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
-                b"Content-Length: %d\r\n\r\n" % (path, pool.host_header, len(body))) + body
+                b"%sContent-Length: %d\r\n\r\n" % (
+                    path, pool.host_header, b"X-Request-Id: %s\r\n" % rid.encode() if rid else b"",
+                    len(body))) + body
         for _ in range(2):
             conn, reused = await pool.acquire(connect_timeout)
             conn.request(data)
@@ -233,6 +273,17 @@ class NodeClient:
                 raise
             return Response(pool, conn)
         raise Closed("server disconnected")
+
+    def abandon(self, url: str, reason: str) -> int:
+        """Fail the requests to `url`'s host still waiting for a first byte (the node was
+        declared down: they may go to another node, as nothing reached their clients)."""
+        parts = urlsplit(url)
+        pool = self._pools.get((parts.hostname or "", parts.port or 80))
+        return pool.abandon(reason, waiting_only=True) if pool is not None else 0
+
+    def abandon_all(self, reason: str) -> int:
+        """Fail every exchange in progress with `reason` and drop every connection."""
+        return sum(pool.abandon(reason, waiting_only=False) for pool in self._pools.values())
 
     def close(self) -> None:
         for pool in self._pools.values():

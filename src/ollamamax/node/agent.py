@@ -5,10 +5,15 @@
     GET  /health      200 when the engine answers, else 503
     GET  /telemetry   identity, models, loaded models with slots and expiry, queue, memory
     GET  /metrics     Prometheus text
+    POST /admin/drain     take no new inference requests (503, so gateways send them
+                          elsewhere); those running finish. DELETE /admin/drain undoes it.
+                          SIGTERM drains too, then waits for the node's own requests
+                          (node.drain_timeout) before the process exits.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import socket
@@ -23,10 +28,11 @@ from ollamamax.api import ollama_types as ot
 from ollamamax.api.errors import error_middleware
 from ollamamax.api.http import NDJSON, dumps, json_response, read_body, root
 from ollamamax.config import NodeConfig
-from ollamamax.errors import OllamaMaxError
+from ollamamax.errors import OllamaMaxError, Unavailable
 from ollamamax.metrics import CONTENT_TYPE, NodeMetrics
 from ollamamax.node import streams, telemetry
 from ollamamax.node.engines.base import Chunk, Engine
+from ollamamax.observability import request_ids
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +47,12 @@ class NodeAgent:
         self.node_id = config.id or f"{socket.gethostname()}-{config.listen.rpartition(':')[2]}"
         self.url = config.advertise_url
         self.in_flight = 0
+        self.draining = False
         self.started = time.monotonic()
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY)
+        app = web.Application(middlewares=[request_ids.middleware, error_middleware],
+                              client_max_size=MAX_BODY)
         app.router.add_get("/", root)
         app.router.add_get("/api/version", self.version)
         app.router.add_get("/api/tags", self.tags)
@@ -57,8 +65,11 @@ class NodeAgent:
         app.router.add_get("/health", self.health)
         app.router.add_get("/telemetry", self.telemetry)
         app.router.add_get("/metrics", self.metrics_endpoint)
+        app.router.add_post("/admin/drain", self.drain)
+        app.router.add_delete("/admin/drain", self.undrain)
         app.on_startup.append(self._start)
         app.on_cleanup.append(self._close)
+        request_ids.install(app)  # answers echo X-Request-Id; log lines carry it
         return app
 
     async def _start(self, app: web.Application) -> None:
@@ -84,17 +95,46 @@ class NodeAgent:
 
     async def health(self, request: web.Request) -> web.Response:
         ok = await self.engine.healthy()
-        return json_response({"status": "ok" if ok else "unhealthy", "node_id": self.node_id},
+        status = ("draining" if self.draining else "ok") if ok else "unhealthy"
+        return json_response({"status": status, "node_id": self.node_id},
                              status=200 if ok else 503)
 
     async def telemetry(self, request: web.Request) -> web.Response:
         await self.engine.refresh_status()
-        return json_response(telemetry.snapshot(
+        snapshot = telemetry.snapshot(
             self.node_id, self.engine.name, self.url, await self.engine.tags(),
-            self.engine.load_status(), self.in_flight, self.started))
+            self.engine.load_status(), self.in_flight, self.started)
+        snapshot["draining"] = self.draining
+        return json_response(snapshot)
 
     async def metrics_endpoint(self, request: web.Request) -> web.Response:
         return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+    # -- drain -----------------------------------------------------------------------------
+
+    async def drain(self, request: web.Request) -> web.Response:
+        if not self.draining:
+            log.info("draining: new requests are refused (503); %d in flight finish",
+                     self.in_flight)
+        self.draining = True
+        return json_response({"draining": True, "in_flight": self.in_flight})
+
+    async def undrain(self, request: web.Request) -> web.Response:
+        if self.draining:
+            log.info("no longer draining: taking requests again")
+        self.draining = False
+        return json_response({"draining": False, "in_flight": self.in_flight})
+
+    async def drained(self, timeout: float, poll: float = 0.05) -> bool:
+        """Drain, and wait until no request of this node runs (False if some still do after
+        `timeout` seconds)."""
+        self.draining = True
+        ends = time.monotonic() + timeout
+        while time.monotonic() < ends:
+            if not self.in_flight:
+                return True
+            await asyncio.sleep(poll)
+        return not self.in_flight
 
     # -- inference -----------------------------------------------------------------------
 
@@ -144,6 +184,9 @@ class NodeAgent:
 
     @contextlib.contextmanager
     def _counted(self, endpoint: str) -> Any:
+        if self.draining:
+            self.metrics.requests.labels(endpoint, "503").inc()
+            raise Unavailable(f"node {self.node_id} is draining: it takes no new requests")
         self.in_flight += 1
         self.metrics.in_flight.inc()
         started = time.perf_counter()
@@ -160,4 +203,6 @@ class NodeAgent:
             self.in_flight -= 1
             self.metrics.in_flight.dec()
             self.metrics.requests.labels(endpoint, status).inc()
-            self.metrics.duration.labels(endpoint).observe(time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            self.metrics.duration.labels(endpoint).observe(elapsed)
+            log.debug("%s answered %s in %.1f ms", endpoint, status, elapsed * 1000)

@@ -46,7 +46,8 @@ class Prewarmer:
                  horizon_s: float = 30.0, service_s: float = SERVICE_S, headroom: float = 1.25,
                  min_requests: float = 4.0, max_per_tick: int = 4, margin: float = 2.0,
                  spare: int = 1) -> None:
-        self.forecast = forecast or DemandForecast()
+        # the forecast's resolution follows the planning interval (10 s buckets at 5 s)
+        self.forecast = forecast or DemandForecast(bucket_s=2 * interval_s)
         self.interval_s = interval_s
         self.horizon_s = horizon_s
         self.service_s = service_s
