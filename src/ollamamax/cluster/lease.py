@@ -133,14 +133,21 @@ class LeaseKeeper:
     async def _by_deadline(self, call: Awaitable[T]) -> T:
         """`call`'s result, or TimeoutError once the local deadline passes (on the injected
         clock), so a store that hangs cannot hold the loss back."""
-        task = asyncio.ensure_future(call)
-        timer = asyncio.ensure_future(self._sleep(max(0.0, self._deadline - self._clock())))
-        try:
-            await asyncio.wait({task, timer}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for pending in (task, timer):
-                pending.cancel()
-            await asyncio.gather(task, timer, return_exceptions=True)
-        if task.cancelled():
+        task = await within(call, max(0.0, self._deadline - self._clock()), self._sleep)
+        if task is None:
             raise TimeoutError
         return task.result()
+
+
+async def within(call: Awaitable[T], seconds: float, sleep: Sleep) -> asyncio.Future[T] | None:
+    """Await `call` for at most `seconds` of the injected clock: its finished future, or None
+    if it did not end in time (it is then cancelled)."""
+    task = asyncio.ensure_future(call)
+    timer = asyncio.ensure_future(sleep(seconds))
+    try:
+        await asyncio.wait({task, timer}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for pending in (task, timer):
+            pending.cancel()
+        await asyncio.gather(task, timer, return_exceptions=True)
+    return None if task.cancelled() else task

@@ -29,7 +29,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ollamamax.cluster.lease import LeaseKeeper
+from ollamamax.cluster.lease import LeaseKeeper, within
 from ollamamax.cluster.records import DrainOrder, Layout, NodeRecord, decode_drain, encode
 from ollamamax.cluster.store import EventType, KeyValue, Store, WatchEvent
 from ollamamax.cluster.view_sync import MemberTable
@@ -284,15 +284,8 @@ def _significant(doc: dict[str, Any]) -> object:
 async def _within(call: Awaitable[object], seconds: float, sleep: Sleep) -> bool:
     """Await `call` for at most `seconds` of the injected clock; False if it did not end
     (it is then cancelled). Its exception, if it raised one, propagates."""
-    task = asyncio.ensure_future(call)
-    timer = asyncio.ensure_future(sleep(seconds))
-    try:
-        await asyncio.wait({task, timer}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for pending in (task, timer):
-            pending.cancel()
-        await asyncio.gather(task, timer, return_exceptions=True)
-    if task.cancelled():
+    task = await within(call, seconds, sleep)
+    if task is None:
         return False
     task.result()
     return True
