@@ -278,8 +278,8 @@ class Intelligent:
         pool = int(slots[pooled].sum()) or 1
         _, service, _ = self._speeds(view.profiles.get(best, m), float(view.speed[best]) or 1.0)
         own = service / (slots.item(best) + 1)  # the wait est[best] holds already
-        pooled_set = set(pooled.tolist())
-        waiting = sum(count for node, count in view.held_at(m).items() if node in pooled_set)
+        held = view.held_at(m)  # node -> requests held for it: look up the few pooled ones
+        waiting = sum(held.get(node, 0) for node in pooled.tolist()) if held else 0
         ahead = waiting * service / pool
         hold = best_cost - own + service / (pool + 1) + ahead
         now = est  # the decision's own scratch: nothing reads it after this
