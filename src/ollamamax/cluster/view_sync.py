@@ -34,7 +34,7 @@ from ollamamax.scheduler.view import ClusterView, LoadedModel
 
 log = logging.getLogger(__name__)
 
-TOKENS_PER_BLOCK = BLOCK_CHARS // 4  # ~4 characters a token (as gateway.health)
+TOKENS_PER_BLOCK = BLOCK_CHARS // 4  # ~4 characters a token
 
 
 class MemberTable:
@@ -167,8 +167,8 @@ class MemberTable:
 
 
 def apply_telemetry(view: ClusterView, i: int, info: dict[str, Any], now: float) -> None:
-    """One telemetry document (a node's ``GET /telemetry``) into row `i` of the view, read
-    as the gateway's health checks read it."""
+    """One telemetry document (a node's ``GET /telemetry``, or one read from etcd) into row `i`
+    of the view: what health checks and the cluster watch both apply."""
     models = [(key, _int(m.get("size"))) for m in info.get("models") or ()
               if isinstance(m, dict) and (key := try_key(str(m.get("name", ""))))]
     loaded = [LoadedModel(key, _int(m.get("slots"), 1), _int(m.get("busy")),

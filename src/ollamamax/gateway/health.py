@@ -21,15 +21,12 @@ from typing import Any
 
 import msgspec
 
+from ollamamax.cluster.view_sync import apply_telemetry
 from ollamamax.config import GatewayConfig, ResilienceConfig
 from ollamamax.gateway.resilience import Resilience
 from ollamamax.gateway.upstream import Upstream
 from ollamamax.metrics import GatewayMetrics
-from ollamamax.models.names import try_key
-from ollamamax.scheduler import ClusterView, LoadedModel
-from ollamamax.scheduler.prefix import BLOCK_CHARS
-
-TOKENS_PER_BLOCK = BLOCK_CHARS // 4  # ~4 characters a token
+from ollamamax.scheduler import ClusterView
 
 log = logging.getLogger(__name__)
 
@@ -106,28 +103,15 @@ class HealthChecker:
         view = self.view
         self._failures[i] = 0
         self._successes[i] = self._successes.get(i, 0) + 1
-        models = [(key, int(m.get("size", 0) or 0)) for m in info.get("models", [])
-                  if (key := try_key(str(m.get("name", ""))))]
-        loaded = [LoadedModel(key, int(m.get("slots", 1) or 1), int(m.get("busy", 0) or 0),
-                              int(m.get("queued", 0) or 0), int(m.get("size", 0) or 0))
-                  for m in info.get("loaded", [])
-                  if not m.get("loading") and (key := try_key(str(m.get("name", ""))))]
-        memory = info.get("memory") or {}
-        kv_tokens = int(info.get("num_ctx", 0) or 0) * int(info.get("num_parallel", 0) or 0) \
-            * max(1, len(loaded))
-        view.update(i, models=models, loaded=loaded,
-                    queue_depth=int(info.get("queue_depth", 0) or 0),
-                    mem_free=memory.get("available_bytes"), mem_total=memory.get("total_bytes"),
-                    max_loaded=info.get("max_loaded"), num_parallel=info.get("num_parallel"),
-                    prefix_blocks=kv_tokens // TOKENS_PER_BLOCK if kv_tokens else None,
-                    now=self.clock())
-        view.info[i] = info
+        apply_telemetry(view, i, info, self.clock())
         drained = self._draining(i, bool(info.get("draining")))
         if view.healthy[i] or self._successes[i] < self.config.healthy_after:
             return drained
         view.set_health(i, True, self.clock())
         self.metrics.node_healthy.labels(view.ids[i]).set(1)
-        up = f"{view.ids[i]} is up ({len(models)} models, {len(loaded)} loaded)"
+        models = sum(bool(view.has[m][i]) for m in range(len(view.model_names)))
+        loaded = sum(bool(view.loaded[m][i]) for m in range(len(view.model_names)))
+        up = f"{view.ids[i]} is up ({models} models, {loaded} loaded)"
         return f"{up}; {drained}" if drained else up
 
     def _draining(self, i: int, draining: bool) -> str:
