@@ -297,11 +297,7 @@ class RequestPath:
         if other is None or not self.resilience.may_retry():
             return node, await first
         self._retries("hedge").inc()
-        # the router's books: a second slot taken there, as a dispatch takes one (the router
-        # has no public call for a copy; its `released` gives the loser's slot back)
-        self.view.started(other, dispatch.model)
-        if dispatch.request.prefix:
-            self.view.prefixes.record(other, dispatch.request.prefix)
+        self.router.copied(dispatch, other, self.clock())
         second = asyncio.ensure_future(self._attempt(other, dispatch, path, body, failures,
                                                      deadline))
         racing = {first: node, second: other}

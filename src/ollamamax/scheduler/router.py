@@ -2,6 +2,7 @@
 
     arrive(request, now)  -> Dispatch (send it now) | Waiting (held in the admission queue)
     failed_over(dispatch, failed, to, now)   the node failed before the first byte; next one
+    copied(dispatch, node, now)        a hedged second copy goes to `node` as well
     finished(node, model, now, ...)    it ended -> waiting requests that can start now
     tick(now)                          periodic re-check (capacity freed elsewhere)
     prewarm(now) / preloaded(...)      loads ahead of demand, with a `Prewarmer`
@@ -69,6 +70,11 @@ class Router:
         self.view.profiles.record(failed, dispatch.model, ok=False)
         self.view.finished(failed, dispatch.model, ok=False)
         self._start(dispatch, to, now)
+
+    def copied(self, dispatch: Dispatch, node: int, now: float) -> None:
+        """A second copy of `dispatch` goes to `node` too (hedging): its slot is taken there
+        as a dispatch's is; `released` gives the losing copy's slot back."""
+        self._start(dispatch, node, now)
 
     def _start(self, dispatch: Dispatch, node: int, now: float) -> None:
         self.view.started(node, dispatch.model)
