@@ -197,6 +197,18 @@ class AlertsConfig(_Section):
         rules_from(self.rules)  # unknown names and warning > critical are refused here
 
 
+class SecurityConfig(_Section):
+    """API keys, rate limits, the cluster token and TLS (SECURITY.md)."""
+
+
+class CacheConfig(_Section):
+    """The response cache's tiers (docs/cache.md)."""
+
+
+class SyncConfig(_Section):
+    """Peer-to-peer model sync: blob service, transfers, placement (docs/sync.md)."""
+
+
 class Config(_Section):
     gateway: GatewayConfig = msgspec.field(default_factory=GatewayConfig)
     node: NodeConfig = msgspec.field(default_factory=NodeConfig)
@@ -205,11 +217,15 @@ class Config(_Section):
     cluster: ClusterConfig = msgspec.field(default_factory=ClusterConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
     alerts: AlertsConfig = msgspec.field(default_factory=AlertsConfig)
+    security: SecurityConfig = msgspec.field(default_factory=SecurityConfig)
+    cache: CacheConfig = msgspec.field(default_factory=CacheConfig)
+    sync: SyncConfig = msgspec.field(default_factory=SyncConfig)
 
 
 SECTIONS: dict[str, type[_Section]] = {
     "gateway": GatewayConfig, "node": NodeConfig, "scheduler": SchedulerConfig, "log": LogConfig,
     "resilience": ResilienceConfig, "cluster": ClusterConfig, "alerts": AlertsConfig,
+    "security": SecurityConfig, "cache": CacheConfig, "sync": SyncConfig,
 }
 
 
