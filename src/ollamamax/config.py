@@ -200,6 +200,24 @@ class AlertsConfig(_Section):
 class SecurityConfig(_Section):
     """API keys, rate limits, the cluster token and TLS (SECURITY.md)."""
 
+    cluster_token: str = ""  # shared secret between gateways and nodes, and between nodes
+    cluster_token_file: str = ""  # the same, read from a file (first line)
+
+    def __post_init__(self) -> None:
+        if self.cluster_token and self.cluster_token_file:
+            raise ValueError("security.cluster_token and security.cluster_token_file are exclusive")
+
+    def token(self) -> str:
+        """The cluster token ("" when none is configured)."""
+        if self.cluster_token_file:
+            from pathlib import Path
+
+            try:
+                return Path(self.cluster_token_file).expanduser().read_text().splitlines()[0].strip()
+            except (OSError, IndexError) as exc:
+                raise ConfigError(f"security.cluster_token_file: cannot read a token: {exc}") from None
+        return self.cluster_token
+
 
 class CacheConfig(_Section):
     """The response cache's tiers (docs/cache.md)."""

@@ -73,6 +73,19 @@ class PayloadTooLarge(RequestError):
     status = 413
 
 
+class Unauthorized(RequestError):
+    """No credentials, or wrong ones (401)."""
+
+    status = 401
+    headers = {"WWW-Authenticate": "Bearer"}
+
+
+class Forbidden(RequestError):
+    """Valid credentials that do not allow this (403)."""
+
+    status = 403
+
+
 class Unavailable(OllamaMaxError):
     status = 503
 
