@@ -50,17 +50,20 @@ def _gauge(name: str, help_text: str, label: str, values: Mapping[str, int]) -> 
 class GatewayMetrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
-        self.requests = Counter(
+        # every request passes these three: lock-free instruments (a prometheus_client
+        # Counter or Histogram takes a lock per call and walks its buckets)
+        self.requests = FastCounter(
             "ollamamax_gateway_requests", "Requests answered by the gateway, by endpoint, "
             "HTTP status and the node that served them ('' when none did).",
-            ["endpoint", "status", "node"], registry=r)
-        self.duration = Histogram(
+            ["endpoint", "status", "node"])
+        self.duration = FastHistogram(
             "ollamamax_gateway_request_duration_seconds", "Time from request to the last byte "
-            "of the answer, by endpoint.", ["endpoint"], buckets=LATENCY_BUCKETS, registry=r)
-        self.ttft = Histogram(
+            "of the answer, by endpoint.", ["endpoint"], LATENCY_BUCKETS)
+        self.ttft = FastHistogram(
             "ollamamax_gateway_ttft_seconds", "Time from request to the first byte of the "
-            "answer (first token when streaming), by endpoint.", ["endpoint"],
-            buckets=LATENCY_BUCKETS, registry=r)
+            "answer (first token when streaming), by endpoint.", ["endpoint"], LATENCY_BUCKETS)
+        for collector in (self.requests, self.duration, self.ttft):
+            r.register(collector)
         self.in_flight = Gauge(
             "ollamamax_gateway_in_flight", "Requests the gateway is serving now.", registry=r)
         self._in_flight_by_node: Callable[[], Mapping[str, int]] = dict

@@ -72,9 +72,7 @@ class RequestPath:
         self._hedging = self.resilience.answer_times is not None
         self._total = config.total_timeout
         self.stopping = False  # the drain deadline passed: nothing is retried any more
-        self._requests = cached_labels(metrics.requests)
-        self._duration = cached_labels(metrics.duration)
-        self._ttft = cached_labels(metrics.ttft)
+        self._requests, self._duration, self._ttft = metrics.requests, metrics.duration, metrics.ttft
         self._retries = cached_labels(metrics.retries)
         self.in_flight = 0
         self._ticker: asyncio.Task[None] | None = None
@@ -102,8 +100,8 @@ class RequestPath:
             raise
         finally:
             self.in_flight -= 1
-            self._requests(route.endpoint, str(status), node_id).inc()
-            self._duration(route.endpoint).observe(time.perf_counter() - started)
+            self._requests.inc((route.endpoint, str(status), node_id))
+            self._duration.observe((route.endpoint,), time.perf_counter() - started)
 
     # -- admission -------------------------------------------------------------------------
 
@@ -330,7 +328,7 @@ class RequestPath:
             outcome.ok = reply.status < 400
             outcome.ttft = time.perf_counter() - started
             outcome.stats = _stats(reply.first) if outcome.ok else None
-            self._ttft(endpoint).observe(outcome.ttft)
+            self._ttft.observe((endpoint,), outcome.ttft)
             return response
         response = web.StreamResponse(headers={"Content-Type": adapter.stream_content_type,
                                                NODE_HEADER: self.view.ids[node]})
@@ -338,7 +336,7 @@ class RequestPath:
         try:
             await response.write(adapter.feed(reply.first))
             outcome.ttft = time.perf_counter() - started
-            self._ttft(endpoint).observe(outcome.ttft)
+            self._ttft.observe((endpoint,), outcome.ttft)
             last = reply.first
             async for data in reply.chunks():
                 last = data

@@ -42,12 +42,10 @@ class Sampler:
     def request_totals(self) -> tuple[float, float]:
         """(requests answered, of which 5xx) since start, from the gateway's counter."""
         total = errors = 0.0
-        for family in self.metrics.requests.collect():
-            for sample in family.samples:
-                if sample.name.endswith("_total"):
-                    total += sample.value
-                    if sample.labels.get("status", "").startswith("5"):
-                        errors += sample.value
+        for (_endpoint, status, _node), value in self.metrics.requests.values.items():
+            total += value
+            if status.startswith("5"):
+                errors += value
         return total, errors
 
     def tick(self) -> dict[str, float | None]:
