@@ -48,3 +48,8 @@ def test_decide_bench_measures_every_strategy_asked():
     assert [(r.strategy, r.nodes, r.decisions) for r in results] == [
         ("intelligent", 50, 20), ("round_robin", 50, 20)]
     assert all(0 < r.p50_us <= r.p99_us for r in results)
+def test_goals_of_intelligent_alone_leave_out_the_comparisons():
+    reports = [{"workload": name, "results": [result("intelligent", 1.0)]}
+               for name in ("shared-prefix", "low-sharing", "zipf-models")]
+    goals = [g["goal"] for g in routing.goals(reports)]
+    assert goals == ["zipf-models: cold loads <= 1% of requests"]
