@@ -256,7 +256,9 @@ def _watch_result(line: bytes) -> _WatchResult:
     if message.error is not None or message.result is None:
         error = message.error if isinstance(message.error, dict) else {"message": message.error}
         text = str(error.get("message") or error)
-        if error.get("grpc_code", error.get("code")) in (None, 14):
+        # 14 UNAVAILABLE; 1 CANCELLED is what the gateway says while etcd shuts down
+        # ("the client connection is closing"): both end this stream, not the watch
+        if error.get("grpc_code", error.get("code")) in (None, 1, 14):
             raise StoreUnavailable(f"etcd watch: {text}")
         raise EtcdError(int(error.get("grpc_code", error.get("code", 0))), text)
     result = message.result

@@ -179,3 +179,16 @@ def test_endpoints_must_be_urls() -> None:
         EtcdStore("127.0.0.1:2379")
     with pytest.raises(ConfigError, match="needs its certificate"):
         EtcdStore("https://127.0.0.1:2379", key_file="client.key")
+
+
+def test_a_watch_stream_ended_by_etcd_shutting_down_is_resumable_not_fatal():
+    from ollamamax.cluster.etcd import _watch_result
+    from ollamamax.cluster.etcd_http import EtcdError
+    from ollamamax.errors import StoreUnavailable
+
+    closing = (b'{"error":{"grpc_code":1,"http_code":408,"message":"grpc: the client connection '
+               b'is closing","http_status":"Request Timeout"}}')
+    with pytest.raises(StoreUnavailable, match="closing"):
+        _watch_result(closing)
+    with pytest.raises(EtcdError):  # a real refusal still ends the watch
+        _watch_result(b'{"error":{"grpc_code":3,"message":"invalid watch request"}}')
