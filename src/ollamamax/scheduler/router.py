@@ -87,21 +87,27 @@ class Router:
                  duration: float = 0.0, prompt_tokens: int = 0, cached_tokens: int = 0,
                  output_tokens: int = 0,
                  prefill_s: float = 0.0, decode_s: float = 0.0, stream: bool = True,
-                 ) -> list[Dispatch]:
+                 waited_s: float = 0.0, load_s: float = 0.0) -> list[Dispatch]:
         """Record the outcome; return waiting requests that can start now.
 
         `prompt_tokens` of which `cached_tokens` came from the node's prefix cache, and
-        `prefill_s` the time the rest took, as the node's final statistics say.
+        `prefill_s` the time the rest took, as the node's final statistics say (`load_s`: its
+        load_duration). `ttft` counts from the request's arrival, of which `waited_s` passed
+        before it was sent to this node (the admission queue, earlier attempts).
         """
         view = self.view
         latency = ttft if stream else (duration / output_tokens if output_tokens else duration)
+        # the node's own overhead: what its timings do not explain of the time from sending
+        # to the first byte (not streamed, the first byte comes after the decoding)
+        overhead = ttft - waited_s - load_s - prefill_s - (0.0 if stream else decode_s) \
+            if ok and prefill_s > 0 else None
         # the profile first: finishing tells the strategies' listeners to re-read it
         # prefill speed is what the node did: only the tokens it did not have cached
         view.profiles.record(node, model, ok=ok, ttft=ttft,
                              prompt_tokens=prompt_tokens - cached_tokens,
                              prefill_s=prefill_s, output_tokens=output_tokens,
                              decode_s=decode_s, latency=latency if ok else None,
-                             duration=duration)
+                             duration=duration, overhead=overhead)
         view.finished(node, model, ok)
         view.history.append(time=now, node=node, model=model, prompt_tokens=prompt_tokens,
                             output_tokens=output_tokens, ttft=ttft, duration=duration,

@@ -10,8 +10,9 @@ ClusterView, AdmissionQueue or None)`, wrapped with events instead of sockets, a
   the decision's next fallback through `router.failed_over`, up to `max_attempts` nodes, as
   the real gateway does; then `router.finished(ok=False)`;
 - the end of a request calls `router.finished` with what the real gateway measures (TTFT and
-  duration from the arrival at the gateway, the node's prefill and decode seconds), and the
-  requests it returns are dispatched;
+  duration from the arrival at the gateway, the wait before it was sent to its node, the
+  node's prefill and decode seconds and its wait for a slot or load, which the `sim` engine
+  reports as Ollama's load_duration), and the requests it returns are dispatched;
 - held requests are re-checked every `TICK_S` while any wait (capacity also frees through
   telemetry), and a request whose first token has not come within `ttft_timeout` fails.
 
@@ -185,6 +186,7 @@ class Simulation:
         self.tally = Tally(ttft=np.full(count, np.nan), e2e=np.full(count, np.nan),
                            node=np.full(count, -1, np.int32), prompt=np.zeros(count, np.int64),
                            cached=np.zeros(count, np.int64))
+        self.sent_at = np.zeros(count)  # per request: when the gateway sent it to its node
         self.open = len(workload.requests)  # requests not yet arrived, or not yet settled
         self.ticking = False
         self.progress: Callable[[int], None] | None = None
@@ -252,6 +254,7 @@ class Simulation:
         job.state = NEW  # on its way to the node
         job.node = dispatch.decision.node
         job.attempts = 1
+        self.sent_at[job.index] = self.loop.now
         self._to_node(job)
 
     def _to_node(self, job: Job) -> None:
@@ -288,6 +291,7 @@ class Simulation:
                 self.tally.failovers += 1
                 job.node = nxt
                 job.attempts += 1
+                self.sent_at[job.index] = now
                 self._to_node(job)
                 return
         self._fail(job, reason)
@@ -318,6 +322,9 @@ class Simulation:
         now = self.loop.now
         request = job.request
         ttft = job.first + self.config.network_s - request.arrival  # the first chunk travels too
+        sent = float(self.sent_at[job.index])
+        # before its prefill the node waited for a slot or a load: the engine's load_duration
+        waited_at_node = max(job.first - job.prefill_s - (sent + self.config.network_s), 0.0)
         tally = self.tally
         tally.finished += 1
         tally.ttft[job.index] = ttft
@@ -333,7 +340,8 @@ class Simulation:
             duration=job.ended - (job.first - job.prefill_s), prompt_tokens=request.prompt_tokens,
             cached_tokens=job.cached,
             output_tokens=request.output_tokens, prefill_s=job.prefill_s,
-            decode_s=job.ended - job.first, stream=True))
+            decode_s=job.ended - job.first, stream=True, waited_s=sent - request.arrival,
+            load_s=waited_at_node))
 
     def _fail(self, job: Job, reason: str) -> None:
         job.state = FAILED

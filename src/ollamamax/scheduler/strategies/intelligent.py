@@ -23,7 +23,10 @@ For each candidate node *i* and the request's model *m*:
 - *uncached tokens*: the prompt minus the leading blocks the prefix index says the node holds,
   so prefix and KV-cache locality count exactly as much as the prefill time they save.
 - speeds come from the node x model performance profile once requests have been observed,
-  else from the node's hardware speed factor.
+  else from the node's hardware speed factor. The fixed overhead is at most `OVERHEAD_S`
+  unless the profile's overhead floor says the node is slower to answer than its prefill
+  explains (a slow link, a proxy adding latency): then that floor, so a slowed node loses
+  traffic to an equal fast one.
 
 Everything but the request-specific part is kept per (model, node) in arrays updated through
 the view's listeners when something changes, so a decision is two in-place vector operations,
@@ -190,7 +193,9 @@ class Intelligent:
                 per_token = 1.0 / profile.prefill_tps
             if profile.duration > 0:
                 service = profile.duration
-            overhead = min(overhead, profile.ttft)
+            # the profile's TTFT includes queueing at the gateway: it only lowers the default;
+            # the overhead floor excludes it and raises it for a node that is slow to answer
+            overhead = max(min(overhead, profile.ttft), profile.overhead)
         return per_token, service, overhead
 
     def _eviction_cost(self, view: ClusterView, i: int) -> float:
