@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import signal
+import ssl
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,9 @@ def run(main: Coroutine[Any, Any, None]) -> None:
 
 
 async def start_site(app: web.Application, listen: str, shutdown_timeout: float = 60.0,
-                     ) -> tuple[web.AppRunner, str]:
-    """Serve `app` on `listen` (port 0 picks a free one); return the runner and the URL.
+                     ssl_context: ssl.SSLContext | None = None) -> tuple[web.AppRunner, str]:
+    """Serve `app` on `listen` (port 0 picks a free one); return the runner and the URL
+    (https with an `ssl_context`: `security.tls`).
 
     `runner.cleanup()` stops listening, closes idle connections, runs the app's shutdown
     hooks, then gives handlers still running `shutdown_timeout` seconds before cancelling."""
@@ -37,7 +39,8 @@ async def start_site(app: web.Application, listen: str, shutdown_timeout: float 
     runner = web.AppRunner(app, access_log=None, handle_signals=False,
                            shutdown_timeout=shutdown_timeout)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, backlog=2048, reuse_address=True)
+    site = web.TCPSite(runner, host, port, backlog=2048, reuse_address=True,
+                       ssl_context=ssl_context)
     try:
         await site.start()
     except OSError as exc:
@@ -47,7 +50,7 @@ async def start_site(app: web.Application, listen: str, shutdown_timeout: float 
     assert server is not None and server.sockets  # type: ignore[union-attr]
     actual = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     shown = f"[{host}]" if ":" in host else host
-    return runner, f"http://{shown}:{actual}"
+    return runner, f"{'https' if ssl_context else 'http'}://{shown}:{actual}"
 
 
 def announce(path: str | os.PathLike[str], **info: Any) -> None:

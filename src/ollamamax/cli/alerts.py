@@ -12,7 +12,7 @@ from rich.text import Text
 
 from ollamamax import alerts as alerting
 from ollamamax import config as cfg
-from ollamamax.cli.options import ConfigFile
+from ollamamax.cli.options import ApiKey, ConfigFile
 from ollamamax.cli.status import DEFAULT_GATEWAY, GatewayUrl, fetch
 
 app = typer.Typer(no_args_is_help=True, help="Alert rules: export them for Prometheus, or see "
@@ -39,9 +39,9 @@ def export(
 
 
 @app.command("list")
-def list_(gateway: GatewayUrl = DEFAULT_GATEWAY) -> None:
+def list_(gateway: GatewayUrl = DEFAULT_GATEWAY, api_key: ApiKey = None) -> None:
     """Every alert rule of a running gateway: state, severity, value and thresholds."""
-    doc = fetch(gateway, "/admin/alerts")
+    doc = fetch(gateway, "/admin/alerts", api_key=api_key)
     if not doc["enabled"]:
         out.print("alert rules are off on this gateway (alerts.enabled = false)")
         return

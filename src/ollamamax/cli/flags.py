@@ -9,10 +9,11 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ollamamax import config as cfg
-from ollamamax.cli.options import ConfigFile
+from ollamamax.cli.options import ApiKey, ConfigFile, auth_headers, error_text, refusal
 
 app = typer.Typer(no_args_is_help=True, help="See, set and roll back a gateway's feature flags.")
 out = Console()
@@ -31,19 +32,20 @@ def gateway_url(gateway: str | None, config: Any = None) -> str:
     return f"http://{f'[{host}]' if ':' in host else host}:{port}"
 
 
-def call(method: str, url: str, body: dict[str, Any] | None = None) -> Any:
+def call(method: str, url: str, body: dict[str, Any] | None = None,
+         api_key: str | None = None) -> Any:
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(url, data=data, method=method, headers={
+        "Content-Type": "application/json", **auth_headers(api_key)})
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             return json.loads(response.read())
     except urllib.error.HTTPError as exc:
-        try:
-            message = json.loads(exc.read()).get("error", exc.reason)
-        except ValueError:
-            message = exc.reason
-        err.print(f"[bold red]error:[/] {message}", highlight=False)
+        message = error_text(exc)
+        if exc.code in (401, 403):
+            gateway = url.partition("/admin/")[0]
+            message = refusal(exc.code, gateway, bool(api_key), message)
+        err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
         raise typer.Exit(1) from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
@@ -65,9 +67,9 @@ def _show(flag: dict[str, Any]) -> None:
 @app.command("list")
 def list_(gateway: Gateway = None, config: ConfigFile = None,
           as_json: Annotated[bool, typer.Option("--json", help="Print the raw JSON.")] = False,
-          ) -> None:
+          api_key: ApiKey = None) -> None:
     """Every flag: its setting, default, variants and the requests each variant served."""
-    flags = call("GET", gateway_url(gateway, config) + "/admin/flags")["flags"]
+    flags = call("GET", gateway_url(gateway, config) + "/admin/flags", api_key=api_key)["flags"]
     if as_json:
         out.print_json(data=flags)
         return
@@ -87,14 +89,16 @@ def set_(name: Annotated[str, typer.Argument(help="The flag, e.g. scheduler.stra
          percent: Annotated[float, typer.Option(
              min=0, max=100, help="Share of requests that get it (the rest keep theirs).")
          ] = 100.0,
-         gateway: Gateway = None, config: ConfigFile = None) -> None:
+         gateway: Gateway = None, config: ConfigFile = None, api_key: ApiKey = None) -> None:
     """Give VARIANT to PERCENT of requests (all by default)."""
     _show(call("PUT", f"{gateway_url(gateway, config)}/admin/flags/{name}",
-               {"variant": variant, "percent": percent}))
+               {"variant": variant, "percent": percent}, api_key))
 
 
 @app.command()
 def rollback(name: Annotated[str, typer.Argument(help="The flag.")],
-             gateway: Gateway = None, config: ConfigFile = None) -> None:
+             gateway: Gateway = None, config: ConfigFile = None, api_key: ApiKey = None,
+             ) -> None:
     """Return NAME to its setting before the last change."""
-    _show(call("POST", f"{gateway_url(gateway, config)}/admin/flags/{name}/rollback"))
+    _show(call("POST", f"{gateway_url(gateway, config)}/admin/flags/{name}/rollback",
+               api_key=api_key))

@@ -47,11 +47,17 @@ def gateway(
 
 
 async def run_gateway(conf: cfg.Config, announce_file: str | None = None) -> None:
+    from ollamamax.security import middleware, tls
+
     gw = Gateway(conf)
     # the drain itself is the app's shutdown hook (gateway.drain); what the server's own
     # shutdown then waits for is only the error answers of what the deadline cut
-    runner, url = await server.start_site(gw.app(), conf.gateway.listen, shutdown_timeout=5.0)
+    runner, url = await server.start_site(gw.app(), conf.gateway.listen, shutdown_timeout=5.0,
+                                          ssl_context=tls.server_context(conf.security))
     log.info("gateway on %s over %d backends", url, len(gw.view.present_nodes()))
+    warning = middleware.open_warning(conf.gateway.listen, gw.guard)
+    if warning:
+        log.warning("%s", warning)
     if announce_file:
         server.announce(announce_file, url=url)
     try:

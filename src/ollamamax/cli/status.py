@@ -13,8 +13,11 @@ from urllib.parse import urlsplit
 
 import typer
 from rich.console import Console, Group, RenderableType
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
+
+from ollamamax.cli.options import ApiKey, auth_headers, error_text, refusal
 
 DEFAULT_GATEWAY = "http://127.0.0.1:11434"
 SPARK = "▁▂▃▄▅▆▇█"
@@ -27,17 +30,23 @@ GatewayUrl = Annotated[str, typer.Option(
     help="The gateway's URL (else $OLLAMAMAX_GATEWAY, else http://127.0.0.1:11434).")]
 
 
-def fetch(gateway: str, path: str, timeout: float = 5.0) -> Any:
-    """GET `path` from the gateway as JSON; a clear error and exit 2 when it cannot answer.
-    A gateway on this machine is reached directly, never through an HTTP proxy."""
+def fetch(gateway: str, path: str, timeout: float = 5.0, api_key: str | None = None) -> Any:
+    """GET `path` from the gateway as JSON (with `api_key` as a bearer token); a clear error
+    and exit 2 when it cannot answer or refuses the key. A gateway on this machine is reached
+    directly, never through an HTTP proxy."""
     url = gateway.rstrip("/") + path
     opener = urllib.request.build_opener(
         *([urllib.request.ProxyHandler({})] if _local(url) else []))
     try:
-        with opener.open(url, timeout=timeout) as reply:
+        with opener.open(urllib.request.Request(url, headers=auth_headers(api_key)),
+                         timeout=timeout) as reply:
             return json.loads(reply.read())
     except urllib.error.HTTPError as exc:
-        err.print(f"[bold red]error:[/] {url} answered HTTP {exc.code}", highlight=False)
+        if exc.code in (401, 403):
+            sentence = refusal(exc.code, gateway, bool(api_key), error_text(exc))
+            err.print(f"[bold red]error:[/] {escape(sentence)}", highlight=False)
+        else:
+            err.print(f"[bold red]error:[/] {url} answered HTTP {exc.code}", highlight=False)
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         err.print(f"[bold red]error:[/] cannot reach the gateway at {gateway}: {reason}",
@@ -58,10 +67,11 @@ def _local(url: str) -> bool:
 def status(
     gateway: GatewayUrl = DEFAULT_GATEWAY,
     as_json: Annotated[bool, typer.Option("--json", help="Print the gateway's JSON.")] = False,
+    api_key: ApiKey = None,
 ) -> None:
     """The cluster once: nodes with health, engine, loaded models, slots and queue; models
     and where they live; alerts."""
-    doc = fetch(gateway, "/admin/status?charts=0")
+    doc = fetch(gateway, "/admin/status?charts=0", api_key=api_key)
     if as_json:
         print(json.dumps(doc, indent=2))
         return
@@ -76,20 +86,21 @@ def top(
     iterations: Annotated[int, typer.Option(
         help="Stop after this many refreshes (0: until Ctrl-C).")] = 0,
     once: Annotated[bool, typer.Option("--once", help="One refresh, then exit.")] = False,
+    api_key: ApiKey = None,
 ) -> None:
     """The cluster live, refreshed every second, like htop: Ctrl-C to leave."""
     from rich.live import Live
 
     count = 1 if once else iterations
     screen = out.is_terminal and not count
-    with Live(render(fetch(gateway, "/admin/status"), gateway, charts=True), console=out,
-              screen=screen, auto_refresh=False) as live:
+    with Live(render(fetch(gateway, "/admin/status", api_key=api_key), gateway, charts=True),
+              console=out, screen=screen, auto_refresh=False) as live:
         done = 1
         try:
             while not count or done < count:
                 time.sleep(interval)
-                live.update(render(fetch(gateway, "/admin/status"), gateway, charts=True),
-                            refresh=True)
+                live.update(render(fetch(gateway, "/admin/status", api_key=api_key), gateway,
+                                   charts=True), refresh=True)
                 done += 1
         except KeyboardInterrupt:
             pass

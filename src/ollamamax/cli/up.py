@@ -97,8 +97,11 @@ def _start_nodes(supervisor: Supervisor, run_dir: Path, count: int, engine: str,
 
 async def _serve(conf: cfg.Config, supervisor: Supervisor, announce_file: str | None,
                  etcd: LocalEtcd | None) -> None:
-    gw = Gateway(conf)
-    runner, url = await server.start_site(gw.app(), conf.gateway.listen)
+    from ollamamax.security import tls
+
+    gw = Gateway(conf)  # [security] from OLLAMAMAX_SECURITY_* (nodes inherit them too)
+    runner, url = await server.start_site(gw.app(), conf.gateway.listen,
+                                          ssl_context=tls.server_context(conf.security))
     _print_banner(url, supervisor, etcd)
     if announce_file:
         server.announce(announce_file, url=url)

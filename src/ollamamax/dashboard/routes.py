@@ -7,9 +7,9 @@
     GET /admin/status              the same snapshot, once (``ollamamax status`` reads it)
     GET /admin/alerts              the alert rules' states
 
-Every one passes `require_admin` first: the seam where the admin key will be checked once API
-keys exist (an EventSource cannot send headers, so the key will have to come as a cookie or a
-query parameter there).
+Every one passes `require_admin` first: with API keys they need an admin key. A browser opens
+``/dashboard?key=<admin key>`` once; the key is then kept in an HttpOnly cookie (an
+EventSource cannot send headers) and dropped from the address (`security.middleware`).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@
 
 Bad input is a 4xx in Ollama's ``{"error": "..."}`` shape: an unknown flag 404, an unknown
 variant, a percent outside 0..100 or a body that is not that JSON 400, nothing to roll back
-409. API keys do not exist yet; `require_admin` is where the admin key will be checked.
+409. With API keys (`security.middleware`), every one needs an admin key: `require_admin`.
 """
 
 from __future__ import annotations
@@ -74,7 +74,22 @@ def add_routes(app: web.Application, flags: Flags, served: Served) -> None:
 
 
 def require_admin(request: web.Request) -> None:
-    """The seam for admin API keys (a later issue): every flag change passes here first."""
+    """401/403 unless the request carries an admin key, when API keys exist (the middleware
+    already checks by path; this holds even for a path it would not classify as admin)."""
+    from ollamamax.security.middleware import GUARD
+
+    guard = request.config_dict.get(GUARD)
+    if guard is not None:
+        guard.check_admin(request)
+
+
+def _who(request: web.Request) -> str:
+    """Who changed a flag, for the log: the key's name (never the key) and the address."""
+    from ollamamax.security.middleware import KEY
+
+    record = request.get(KEY)
+    return f"key {record.name!r} from {request.remote}" if record is not None else \
+        str(request.remote)
 
 
 class _SetBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -102,19 +117,19 @@ class FlagsAdmin:
         body = await read_body(request, MAX_BODY)
         try:
             wanted = _decode_set(body)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # broken UTF-8: the latter
             raise BadRequest('expected a JSON object {"variant": "...", "percent": 0-100}: '
                              f"{exc}") from None
         self.flags.set(name, wanted.variant, wanted.percent)
         log.info("flag %s set to %s at %g%% by %s", name, wanted.variant, wanted.percent,
-                 request.remote)
+                 _who(request))
         return json_response(self._shown(self.flags[name], self.served()))
 
     async def rollback(self, request: web.Request) -> web.Response:
         require_admin(request)
         name = request.match_info["name"]
         self.flags.rollback(name)
-        log.info("flag %s rolled back by %s", name, request.remote)
+        log.info("flag %s rolled back by %s", name, _who(request))
         return json_response(self._shown(self.flags[name], self.served()))
 
     @staticmethod

@@ -82,6 +82,8 @@ class HealthChecker:
         status, body = await self.upstream.get_json(url + "/telemetry", timeout)
         if status == 404:
             return await self._probe_stock_ollama(url, timeout)
+        if status == 401:  # security.cluster_token differs here and there: no traffic
+            raise RuntimeError("cluster token refused (HTTP 401 from /telemetry)")
         if status != 200:
             raise RuntimeError(f"telemetry answered HTTP {status}")
         return msgspec.json.decode(body)

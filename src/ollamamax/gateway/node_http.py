@@ -11,6 +11,7 @@ only the hot POST path uses this.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections import deque
 from urllib.parse import urlsplit
@@ -172,8 +173,10 @@ def _expire(waiter: asyncio.Future[None]) -> None:
 class _HostPool:
     """Idle keep-alive connections to one host, most recently used first."""
 
-    def __init__(self, host: str, port: int, keepalive: float) -> None:
+    def __init__(self, host: str, port: int, keepalive: float,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.host, self.port, self.keepalive = host, port, keepalive
+        self.tls = tls  # https: the context that verifies the node (`security.tls`)
         self.idle: list[_Conn] = []
         self.open: set[_Conn] = set()  # every live connection, idle or busy
         self.host_header = f"{host}:{port}".encode("latin-1")
@@ -189,10 +192,12 @@ class _HostPool:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(connect_timeout):
-                _, conn = await loop.create_connection(lambda: _Conn(self), self.host, self.port)
+                _, conn = await loop.create_connection(
+                    lambda: _Conn(self), self.host, self.port, ssl=self.tls,
+                    server_hostname=self.host if self.tls is not None else None)
         except TimeoutError:
             raise ConnectFailed(f"connect timed out after {connect_timeout:g} s") from None
-        except OSError as exc:
+        except OSError as exc:  # ssl.SSLError too: a node whose certificate is not trusted
             raise ConnectFailed(exc.strerror or str(exc) or type(exc).__name__) from None
         self.open.add(conn)
         return conn, False
@@ -228,10 +233,17 @@ class _HostPool:
 
 
 class NodeClient:
-    """POST JSON to nodes over pooled keep-alive connections."""
+    """POST JSON to nodes over pooled keep-alive connections.
 
-    def __init__(self, keepalive: float = 30.0) -> None:
+    `headers` go with every request (the cluster token: `security.cluster`); `tls` verifies
+    https nodes (None: the system's CAs)."""
+
+    def __init__(self, keepalive: float = 30.0, headers: dict[str, str] | None = None,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.keepalive = keepalive
+        self._extra = b"".join(b"%s: %s\r\n" % (k.encode("latin-1"), v.encode("latin-1"))
+                               for k, v in (headers or {}).items())
+        self._tls = tls
         self._pools: dict[tuple[str, int], _HostPool] = {}
         self._targets: dict[str, tuple[_HostPool, bytes]] = {}
 
@@ -239,12 +251,14 @@ class NodeClient:
         found = self._targets.get(url)
         if found is None:
             parts = urlsplit(url)
-            if parts.scheme != "http" or not parts.hostname:
-                raise ValueError(f"the fast client speaks http:// only, not {url!r}")
-            key = (parts.hostname, parts.port or 80)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"the fast client speaks http:// and https:// only, not {url!r}")
+            key = (parts.hostname, _port(parts.scheme, parts.port))
             pool = self._pools.get(key)
             if pool is None:
-                pool = self._pools[key] = _HostPool(key[0], key[1], self.keepalive)
+                tls = (self._tls or ssl.create_default_context()) if parts.scheme == "https" \
+                    else None
+                pool = self._pools[key] = _HostPool(key[0], key[1], self.keepalive, tls)
             path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
             found = self._targets[url] = (pool, path.encode("latin-1"))
         return found
@@ -256,9 +270,9 @@ class NodeClient:
         pool, path = self._target(url)
         rid = request_id.get()  # the client's request id goes to the node (X-Request-Id)
         data = (b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
-                b"%sContent-Length: %d\r\n\r\n" % (
+                b"%s%sContent-Length: %d\r\n\r\n" % (
                     path, pool.host_header, b"X-Request-Id: %s\r\n" % rid.encode() if rid else b"",
-                    len(body))) + body
+                    self._extra, len(body))) + body
         for _ in range(2):
             conn, reused = await pool.acquire(connect_timeout)
             conn.request(data)
@@ -278,7 +292,7 @@ class NodeClient:
         """Fail the requests to `url`'s host still waiting for a first byte (the node was
         declared down: they may go to another node, as nothing reached their clients)."""
         parts = urlsplit(url)
-        pool = self._pools.get((parts.hostname or "", parts.port or 80))
+        pool = self._pools.get((parts.hostname or "", _port(parts.scheme, parts.port)))
         return pool.abandon(reason, waiting_only=True) if pool is not None else 0
 
     def abandon_all(self, reason: str) -> int:
@@ -288,6 +302,10 @@ class NodeClient:
     def close(self) -> None:
         for pool in self._pools.values():
             pool.close()
+
+
+def _port(scheme: str, port: int | None) -> int:
+    return port or (443 if scheme == "https" else 80)
 
 
 class Response:

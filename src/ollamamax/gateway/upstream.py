@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 
-from ollamamax.config import GatewayConfig
+from ollamamax.config import GatewayConfig, SecurityConfig
 from ollamamax.errors import (
     StreamBroken,
     StreamStopped,
@@ -73,18 +73,25 @@ class Reply:
 
 
 class Upstream:
-    def __init__(self, config: GatewayConfig) -> None:
+    """Every call to nodes: the cluster token on each, https verified as `[security]` says."""
+
+    def __init__(self, config: GatewayConfig, security: SecurityConfig | None = None) -> None:
+        from ollamamax.security import cluster, tls
+
         self.config = config
+        security = security or SecurityConfig()
+        self._headers = cluster.headers_for(security)
+        self._tls = tls.client_context(security) if tls.wants_client_context(security) else None
         self._session: aiohttp.ClientSession | None = None
-        self._nodes = node_http.NodeClient(keepalive=30.0)
+        self._nodes = node_http.NodeClient(keepalive=30.0, headers=self._headers, tls=self._tls)
 
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
             connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30,
-                                             ttl_dns_cache=300)
+                                             ttl_dns_cache=300, ssl=self._tls or True)
             self._session = aiohttp.ClientSession(
-                connector=connector, auto_decompress=False,
+                connector=connector, auto_decompress=False, headers=self._headers,
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.config.connect_timeout),
             )
         return self._session

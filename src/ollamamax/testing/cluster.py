@@ -9,32 +9,44 @@
 With ``proxied=["node-1"]`` the gateway reaches node-1 through a fault proxy (its own
 process, ``ollamamax testing faultproxy``): ``cluster.add_toxic("node-1", "latency:latency=300")``.
 
+A gateway with API keys (``env={"OLLAMAMAX_SECURITY_KEYS_FILE": ...}``) needs an admin key for
+the helpers that read ``/admin/*``: ``api_key=``, else ``OLLAMAMAX_API_KEY`` from `env` or this
+process's environment. A refused key raises `GatewayRefused` with a sentence, at once.
+
 Everything runs on 127.0.0.1 with OS-chosen ports, and everything started is stopped on exit.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ollamamax.cli.options import auth_headers, error_text, refusal
 from ollamamax.models.store import ModelStore
 from ollamamax.supervisor import Child, Supervisor
 
 Prepare = Callable[[ModelStore], object]
 # 127.0.0.1 is never reached through an HTTP proxy from the environment.
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+API_KEY_ENV = "OLLAMAMAX_API_KEY"
+
+
+class GatewayRefused(RuntimeError):
+    """The gateway answered 401 or 403: no key, a wrong one, or not an admin key."""
 
 
 class LocalCluster:
     def __init__(self, run_dir: str | Path, *, engine: str = "sim", nodes: int = 2,
                  prepare: Prepare | None = None, node_args: Sequence[str] = (),
                  gateway_args: Sequence[str] = (), env: dict[str, str] | None = None,
-                 proxied: Sequence[str] = ()) -> None:
+                 proxied: Sequence[str] = (), api_key: str | None = None) -> None:
         self.run_dir = Path(run_dir)
         self.engine = engine
         self.node_count = nodes
@@ -44,6 +56,9 @@ class LocalCluster:
         self.env = env
         self.proxied = list(proxied)
         self.proxy_apis: dict[str, str] = {}  # node name -> its fault proxy's control API
+        if api_key is None:
+            api_key = (env or {}).get(API_KEY_ENV) or os.environ.get(API_KEY_ENV, "")
+        self.api_key = api_key  # sent to the gateway's admin endpoints; never shown
         self.supervisor = Supervisor(self.run_dir / "logs")
         self.url = ""
 
@@ -137,8 +152,16 @@ class LocalCluster:
     # -- observation -----------------------------------------------------------------------
 
     def get(self, path: str, timeout: float = 5.0) -> Any:
-        with _DIRECT.open(self.url + path, timeout=timeout) as r:
-            return json.loads(r.read())
+        """GET `path` from the gateway as JSON, with the API key if there is one."""
+        request = urllib.request.Request(self.url + path, headers=auth_headers(self.api_key))
+        try:
+            with _DIRECT.open(request, timeout=timeout) as r:
+                return json.loads(r.read())
+        except urllib.error.HTTPError as exc:
+            if exc.code in (401, 403):  # waiting would not help: say so at once
+                raise GatewayRefused(refusal(exc.code, self.url, bool(self.api_key),
+                                             error_text(exc))) from None
+            raise
 
     def nodes(self) -> list[dict[str, Any]]:
         return list(self.get("/admin/nodes")["nodes"])

@@ -187,6 +187,8 @@ async def test_refused_connection_raises_connection_error():
         await client.post("http://127.0.0.1:1/api/chat", b"{}", 1.0, 1.0)
 
 
-def test_only_plain_http_is_spoken():
+def test_only_http_and_https_are_spoken():
     with pytest.raises(ValueError, match="http://"):
-        node_http.NodeClient()._target("https://example.com/api/chat")
+        node_http.NodeClient()._target("ftp://example.com/api/chat")
+    pool, _ = node_http.NodeClient()._target("https://example.com/api/chat")
+    assert pool.port == 443 and pool.tls is not None  # security.tls: nodes over https
