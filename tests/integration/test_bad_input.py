@@ -46,6 +46,19 @@ BAD_OLLAMA = [
      "model 'nope:7b' not found"),
     ("/api/generate", b'{"model": "nope", "prompt": "x"}', 404, "model 'nope' not found"),
     ("/api/embed", b'{"model": "nope", "input": "x"}', 404, "not found"),
+    # found by tests/fuzz (each was a 200 that should not be, a 500, or a hang)
+    ("/api/generate", b'{"model": "m:1b", "prompt": "\xff\xfe"}', 400, "UTF-8"),
+    ("/api/generate", b'{"model": "m:1b", "keep_alive": 1e20}', 400, "keep_alive"),
+    ("/api/generate", b'{"model": "m:1b", "options": {"num_predict": 1180591620717411303424}}',
+     400, "num_predict"),
+    ("/api/generate", b'{"model": "m:1b", "stream": true, "options": {"num_ctx": -5}}', 400,
+     "num_ctx"),
+    ("/api/chat", b'{"model": "m:1b", "messages": [{"role": "wizard", "content": "x"}]}', 400,
+     "invalid role"),
+    ("/api/chat", b'{"model": "m:1b", "messages": [{"role": "user", "content": "x",'
+                  b' "images": ["aGVsbG8="]}]}', 400, "invalid image"),
+    ("/api/chat", b'{"model": "m:1b", "messages": [{"role": "user", "content": "x"}],'
+                  b' "tools": [{"x": 1}]}', 400, "tools"),
 ]
 
 
@@ -64,7 +77,8 @@ def test_body_over_the_cap_is_413(http):
 
 
 @pytest.mark.parametrize(("method", "path", "status"), [
-    ("GET", "/api/nope", 404), ("GET", "/api/chat", 405), ("POST", "/api/pull", 404),
+    ("GET", "/api/nope", 404), ("GET", "/api/chat", 405), ("POST", "/api/push", 404),
+    ("POST", "/api/pull", 400),
     ("DELETE", "/api/delete", 404)])
 def test_unknown_paths_and_methods_answer_json(http, method, path, status):
     r = http.request(method, path)
@@ -74,6 +88,10 @@ def test_unknown_paths_and_methods_answer_json(http, method, path, status):
 
 BAD_OPENAI = [
     ("/v1/chat/completions", b"{oops", "JSON"),
+    ("/v1/chat/completions", b'{"model": "m:1b", "messages": [{"role": "user", "content": "x"}],'
+                             b' "max_tokens": -5}', "max_tokens"),
+    ("/v1/chat/completions", b'{"model": "m:1b", "messages": [{"content": "x"}]}', "role"),
+    ("/v1/embeddings", b'{"model": "m:1b", "input": "x", "user": "\xff"}', "UTF-8"),
     ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}]}', "model"),
     ("/v1/chat/completions", b'{"model": "m:1b", "messages": []}', "messages"),
     ("/v1/chat/completions", b'{"model": "m:1b", "messages": [{"role": "user", "content": "x"}],'

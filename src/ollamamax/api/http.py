@@ -7,7 +7,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from ollamamax.errors import PayloadTooLarge
+from ollamamax.errors import BadRequest, PayloadTooLarge
 
 JSON = "application/json"
 NDJSON = "application/x-ndjson"
@@ -24,7 +24,16 @@ def dumps(data: Any) -> bytes:
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
-    """The request body, refused with 413 above `limit` bytes."""
+    """The request body, refused with 413 above `limit` bytes, and with 400 when it cannot be
+    read as sent (a ``Content-Encoding: gzip`` body that is not gzip)."""
+    try:
+        return await _read_body(request, limit)
+    except web.RequestPayloadError as exc:
+        detail = getattr(exc.__cause__, "message", "") or "it is malformed"
+        raise BadRequest(f"could not read the request body: {detail}") from None
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
     length = request.content_length
     if length is not None and length > limit:
         raise PayloadTooLarge(f"request body of {length} bytes exceeds the limit of {limit}")

@@ -2,45 +2,62 @@
 
 Gateway and node share these: the gateway rejects bad input before it reaches a node, the
 node hands typed requests to its engine. Unknown fields are ignored (as Ollama does); wrong
-types, malformed JSON and a missing ``model`` become `BadRequest` with a clear sentence.
+types, malformed JSON and a missing ``model`` become `BadRequest` with a clear sentence, and
+so do bodies that are not UTF-8, options out of range, unknown roles, images that are not
+images and malformed tools (docs/resilience.md, "Bad input"; tests/fuzz checks it).
 """
 
 from __future__ import annotations
 
 import math
 import re
-from typing import Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
+from msgspec import Meta
 
 from ollamamax.errors import BadRequest
 from ollamamax.node.residency import DEFAULT_KEEP_ALIVE, FOREVER
 
 Format = str | dict[str, Any] | None
 KeepAlive = str | int | float | None
+INT32_MAX = 2**31 - 1
+INT64_MAX = 2**63 - 1
+Int64 = Annotated[int, Meta(ge=-(2**63), le=INT64_MAX)]  # Go's int: larger JSON numbers are a 400
+Count = Annotated[int, Meta(ge=1, le=INT32_MAX)]  # llama.cpp holds these in a C int
+Unit = Annotated[float, Meta(ge=0.0, le=1.0)]
+NonNegative = Annotated[float, Meta(ge=0.0)]
+# What Ollama's chat templates know, and OpenAI's newer name for "system".
+ROLES = ("system", "user", "assistant", "tool", "developer")
 
 
 class Options(msgspec.Struct, omit_defaults=True):
-    """Runtime options Ollama knows; the ones that reach llama.cpp are typed and checked."""
+    """Runtime options Ollama knows; the ones that reach llama.cpp are typed and checked.
 
-    num_ctx: int | None = None
-    num_batch: int | None = None
-    num_thread: int | None = None
-    num_keep: int | None = None
-    seed: int | None = None
-    num_predict: int | None = None
-    top_k: int | None = None
-    top_p: float | None = None
-    min_p: float | None = None
-    typical_p: float | None = None
-    repeat_last_n: int | None = None
-    temperature: float | None = None
-    repeat_penalty: float | None = None
+    Bounds refuse what no engine can honour (a context of -5 tokens, a top_k of -1, numbers
+    beyond Go's int64) with a 400 naming the field, before a node or llama.cpp sees them.
+    The negative values Ollama gives a meaning keep it: ``num_predict`` -1 (no limit) and -2
+    (fill the context), ``repeat_last_n`` and ``num_keep`` -1 (the whole context).
+    """
+
+    num_ctx: Count | None = None
+    num_batch: Count | None = None
+    num_thread: Annotated[int, Meta(ge=0, le=INT32_MAX)] | None = None  # 0: as many as cores
+    num_keep: Annotated[int, Meta(ge=-1, le=INT32_MAX)] | None = None
+    seed: Int64 | None = None
+    num_predict: Annotated[int, Meta(ge=-2, le=INT64_MAX)] | None = None
+    top_k: Annotated[int, Meta(ge=0, le=INT32_MAX)] | None = None
+    top_p: Unit | None = None
+    min_p: Unit | None = None
+    typical_p: Unit | None = None
+    repeat_last_n: Annotated[int, Meta(ge=-1, le=INT32_MAX)] | None = None
+    temperature: NonNegative | None = None
+    repeat_penalty: Annotated[float, Meta(gt=0.0)] | None = None  # llama.cpp refuses 0
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
-    mirostat: int | None = None
-    mirostat_tau: float | None = None
-    mirostat_eta: float | None = None
+    mirostat: Annotated[int, Meta(ge=0, le=2)] | None = None
+    mirostat_tau: NonNegative | None = None
+    mirostat_eta: NonNegative | None = None
     stop: list[str] | str | None = None
 
 
@@ -77,7 +94,7 @@ class GenerateRequest(_ModelRequest):
     suffix: str | None = None
     system: str | None = None
     template: str | None = None
-    context: list[int] | None = None
+    context: list[Int64] | None = None
     images: list[bytes] | None = None
     stream: bool | None = None
     raw: bool | None = None
@@ -90,7 +107,7 @@ class GenerateRequest(_ModelRequest):
 class EmbedRequest(_ModelRequest):
     input: str | list[str] | None = None
     truncate: bool | None = None
-    dimensions: int | None = None
+    dimensions: Int64 | None = None
     options: Options | None = None
     keep_alive: KeepAlive = None
 
@@ -122,6 +139,10 @@ def decode_body(body: bytes, kind: type[T]) -> T:
     """A JSON body as `kind` (Ollama's or OpenAI's); `BadRequest` saying what is wrong."""
     if not body or not body.strip():
         raise BadRequest("missing request body")
+    try:  # JSON is UTF-8 (RFC 8259); msgspec would let broken bytes through in unknown fields
+        body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRequest(f"invalid JSON: the body is not valid UTF-8 (byte {exc.start})") from None
     decoder = _DECODERS.get(kind)
     if decoder is None:
         decoder = _DECODERS[kind] = msgspec.json.Decoder(kind)
@@ -143,7 +164,70 @@ def decode(body: bytes, kind: type[R]) -> R:
         raise BadRequest("dimensions must be a positive number")
     if hasattr(request, "keep_alive"):
         keep_alive_seconds(request.keep_alive)  # validate early
+    if isinstance(request, ChatRequest):
+        _check_messages(request.messages or [])
+        _check_shape(request.tools, list[_Tool], "tools")
+    elif isinstance(request, GenerateRequest):
+        _check_images(request.images, "images")
     return request
+
+
+def _check_messages(messages: list[Message]) -> None:
+    for position, message in enumerate(messages):
+        if message.role not in ROLES:
+            raise BadRequest(f"invalid role {shown(message.role)} in messages[{position}]: "
+                             "expected one of " + ", ".join(ROLES))
+        _check_images(message.images, f"messages[{position}].images")
+        _check_shape(message.tool_calls, list[_ToolCall], f"messages[{position}].tool_calls")
+
+
+# Tools and tool calls are forwarded as they came; these shapes are what Ollama's Go types
+# accept and what llama.cpp's template code needs (a name that is not a string failed there
+# with a 500).
+class _Function(msgspec.Struct):
+    name: str
+
+
+class _Tool(msgspec.Struct):
+    function: _Function
+    type: Literal["function"] = "function"
+
+
+class _CallFunction(msgspec.Struct):
+    name: str
+    arguments: dict[str, Any] | None = None
+
+
+class _ToolCall(msgspec.Struct):
+    function: _CallFunction
+
+
+def _check_shape(value: Any, shape: Any, where: str) -> None:
+    if value is None:
+        return
+    try:
+        msgspec.convert(value, shape)
+    except msgspec.ValidationError as exc:
+        raise BadRequest(f"invalid {where}: {exc}") from None
+
+
+# The formats vision models decode (Ollama's image input), by their first bytes.
+_IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a")
+
+
+def _check_images(images: list[bytes] | None, where: str) -> None:
+    """msgspec checked the base64; a payload that is not an image would fail in the engine."""
+    for position, image in enumerate(images or ()):
+        webp = image[:4] == b"RIFF" and image[8:12] == b"WEBP"
+        if not (image.startswith(_IMAGE_MAGIC) or webp):
+            raise BadRequest(f"invalid image input: {where}[{position}] is not a PNG, JPEG, WebP "
+                             "or GIF image")
+
+
+def shown(value: object, limit: int = 80) -> str:
+    """`value` quoted for an error message, cut short: a bad field may be a megabyte long."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def wants_stream(request: ChatRequest | GenerateRequest) -> bool:
@@ -151,6 +235,9 @@ def wants_stream(request: ChatRequest | GenerateRequest) -> bool:
 
 
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_SECONDS = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")  # not "inf", "nan", "1_0"
+# Go's time.Duration (int64 nanoseconds) ends after ~292 years: Ollama refuses a longer one.
+MAX_KEEP_ALIVE = (2**63 - 1) / 1e9
 _UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
@@ -163,6 +250,9 @@ def keep_alive_seconds(value: KeepAlive, default: float = DEFAULT_KEEP_ALIVE) ->
     seconds = float(value) if isinstance(value, int | float) else _parse_duration(value)
     if math.isnan(seconds):
         raise BadRequest(f"invalid keep_alive {value!r}")
+    if seconds > MAX_KEEP_ALIVE:
+        raise BadRequest(f"keep_alive {shown(value)} is longer than the longest duration "
+                         "(2562047h); a negative keep_alive keeps the model loaded forever")
     return FOREVER if seconds < 0 else seconds
 
 
@@ -170,10 +260,8 @@ def _parse_duration(text: str) -> float:
     raw = text.strip()
     sign = -1.0 if raw.startswith("-") else 1.0
     body = raw.lstrip("+-")
-    try:
+    if _SECONDS.fullmatch(body):
         return sign * float(body)  # Ollama accepts bare numbers as seconds
-    except ValueError:
-        pass
     pos, total = 0, 0.0
     for match in _DURATION.finditer(body):
         if match.start() != pos:
@@ -181,5 +269,5 @@ def _parse_duration(text: str) -> float:
         total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
         pos = match.end()
     if pos != len(body) or not body:
-        raise BadRequest(f"invalid keep_alive duration {text!r}")
+        raise BadRequest(f"invalid keep_alive duration {shown(text)}")
     return sign * total

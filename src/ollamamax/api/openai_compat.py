@@ -37,12 +37,12 @@ import binascii
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 import numpy as np
 
-from ollamamax.api.ollama_types import decode_body
+from ollamamax.api.ollama_types import INT64_MAX, ROLES, Int64, decode_body, shown
 from ollamamax.errors import BadRequest
 
 SSE_CONTENT_TYPE = "text/event-stream"
@@ -112,12 +112,16 @@ class _Reasoning(msgspec.Struct):
     effort: str | None = None
 
 
+# A token budget below 0 means nothing in OpenAI's API (it refuses it); Ollama would run on.
+_Tokens = Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)]
+
+
 class _Sampling(msgspec.Struct):
     model: str | None = None
     stream: bool | None = None
     stream_options: _StreamOptions | None = None
-    max_tokens: int | None = None
-    seed: int | None = None
+    max_tokens: _Tokens | None = None
+    seed: Int64 | None = None
     stop: str | list[str] | None = None
     temperature: float | None = None
     frequency_penalty: float | None = None
@@ -127,13 +131,13 @@ class _Sampling(msgspec.Struct):
 
 class _ChatBody(_Sampling):
     messages: list[_Message] | None = None
-    max_completion_tokens: int | None = None
+    max_completion_tokens: _Tokens | None = None
     response_format: _ResponseFormat | None = None
     tools: list[dict[str, Any]] | None = None
     reasoning: _Reasoning | None = None
     reasoning_effort: str | None = None
     logprobs: bool | None = None
-    top_logprobs: int | None = None
+    top_logprobs: Annotated[int, msgspec.Meta(ge=0, le=20)] | None = None  # OpenAI's range
 
 
 class _CompletionBody(_Sampling):
@@ -144,7 +148,7 @@ class _CompletionBody(_Sampling):
 class _EmbeddingBody(msgspec.Struct):
     model: str | None = None
     input: Any = None  # checked by hand, as Ollama does
-    dimensions: int | None = None
+    dimensions: Int64 | None = None
     encoding_format: str | None = None
 
 
@@ -231,6 +235,9 @@ def _reply(request: _Sampling, reply_id: str, created: int) -> ReplyContext:
 def _messages(messages: list[_Message]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for position, message in enumerate(messages):
+        if message.role not in ROLES:
+            raise BadRequest(f"invalid role {shown(message.role)} in messages[{position}]: "
+                             "expected one of " + ", ".join(ROLES))
         tool_name = _tool_name(message, messages)
         content = message.content
         if isinstance(content, str):

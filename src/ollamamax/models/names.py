@@ -50,7 +50,8 @@ class ModelName(NamedTuple):
 def parse(name: str) -> ModelName:
     """Parse a user-given model name; raise `BadRequest` when it is not a valid name."""
     if not isinstance(name, str) or not name or len(name) > 350:
-        raise BadRequest(f"invalid model name {name!r}")
+        shown = repr(name[:80]) + "..." if isinstance(name, str) and len(name) > 80 else repr(name)
+        raise BadRequest(f"invalid model name {shown}")  # never echo a megabyte back
     rest, tag = name, DEFAULT_TAG
     slash, colon = rest.rfind("/"), rest.rfind(":")
     if colon > slash:

@@ -95,9 +95,13 @@ def created_at() -> str:
     return str(_stamp[1])
 
 
+_FOREVER_EPOCH = 11_001_571_200.0  # 2318-08-18: where Go's longest duration from now ends
+
+
 def iso_from_epoch(seconds: float) -> str:
-    if seconds == float("inf"):
-        # Ollama reports a model kept forever with a far-future expiry.
+    if seconds >= _FOREVER_EPOCH:
+        # Ollama reports a model kept forever with a far-future expiry; later dates (or inf)
+        # would overflow datetime and fail /api/ps for every model.
         return "2318-08-18T00:00:00Z"
     return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
 

@@ -232,6 +232,8 @@ class LlamaCppEngine(ResidentEngine):
         if options is not None:
             fields.update({k: v for k in SAMPLING_OPTIONS
                            if (v := getattr(options, k)) is not None})
+            if options.repeat_last_n == -1:  # Ollama's "the whole context"; llama.cpp says 400
+                fields["repeat_last_n"] = self.config.num_ctx
             if options.stop:
                 fields["stop"] = [options.stop] if isinstance(options.stop, str) else options.stop
         schema = _json_schema(fmt)
