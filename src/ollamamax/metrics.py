@@ -64,6 +64,17 @@ class GatewayMetrics:
             "answer (first token when streaming), by endpoint.", ["endpoint"], LATENCY_BUCKETS)
         for collector in (self.requests, self.duration, self.ttft):
             r.register(collector)
+        # refusals by the API-key guard (security.middleware), by key name and reason
+        self.auth_refused = FastCounter(
+            "ollamamax_gateway_auth_refused", "Requests the API-key check refused, by key name "
+            "('' when no key or an unknown one came) and reason (missing, invalid: 401; "
+            "not_admin: 403).", ["key", "reason"])
+        self.rate_limited = FastCounter(
+            "ollamamax_gateway_rate_limited", "Requests refused with 429 for one key's limits, "
+            "by key name and reason (requests_per_s, tokens_per_min, tokens_per_day; queue: "
+            "too many of the key's requests waiting in the admission queue).", ["key", "reason"])
+        r.register(self.auth_refused)
+        r.register(self.rate_limited)
         self.in_flight = Gauge(
             "ollamamax_gateway_in_flight", "Requests the gateway is serving now.", registry=r)
         self._in_flight_by_node: Callable[[], Mapping[str, int]] = dict
@@ -96,6 +107,9 @@ class GatewayMetrics:
             "gateway; 0 while it does not and routing goes on from the last view.", registry=r)
         self._flag_served: Callable[[], Mapping[tuple[str, str], int]] = dict
         r.register(_Collected(self._flag_families))
+        self._cache_tiers: Callable[[], list[tuple[str, int, int]]] = list
+        self._cache_invalidations: Callable[[], int] = int
+        r.register(_Collected(self._cache_families))
         self.observed = ObservedGateway(r)  # the monitoring catalogue, below
 
     def read_flag_counts(self, served: Callable[[], Mapping[tuple[str, str], int]]) -> None:
@@ -121,6 +135,27 @@ class GatewayMetrics:
                  ("ollamamax_prewarm_wasted", "Prewarmed copies gone (expired, evicted, failed "
                   "to load) before any request used them.")),
                 counts(), strict=True)]))
+
+    def read_cache(self, tiers: Callable[[], list[tuple[str, int, int]]],
+                   invalidations: Callable[[], int]) -> None:
+        """Read the response cache when scraped: per tier (name, evictions, bytes), and the
+        model digests invalidated (lookups are counted as they happen: `observed.cache`)."""
+        self._cache_tiers, self._cache_invalidations = tiers, invalidations
+
+    def _cache_families(self) -> list[Metric]:
+        evictions = CounterMetricFamily(
+            "ollamamax_cache_evictions", "Entries a response-cache tier removed to stay within "
+            "its size (not invalidations), by tier.", labels=["tier"])
+        held = GaugeMetricFamily("ollamamax_cache_bytes", "Bytes a response-cache tier holds "
+                                 "now (redis: the server's used memory), by tier.",
+                                 labels=["tier"])
+        for tier, evicted, size in self._cache_tiers():
+            evictions.add_metric([tier], evicted)
+            held.add_metric([tier], size)
+        dropped = CounterMetricFamily(
+            "ollamamax_cache_invalidations", "Model digests whose cached answers were dropped "
+            "because the model changed.", value=self._cache_invalidations())
+        return [evictions, held, dropped]
 
     def read_in_flight(self, total: Callable[[], float],
                        by_node: Callable[[], Mapping[str, int]]) -> None:

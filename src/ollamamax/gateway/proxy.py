@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import msgspec
 from aiohttp import web
 
+from ollamamax.cache.keys import CACHE_STATE
+from ollamamax.cache.keys import HEADER as CACHE_HEADER
 from ollamamax.config import GatewayConfig, ResilienceConfig
 from ollamamax.errors import (
     ModelNotFound,
@@ -264,7 +266,8 @@ class RequestPath:
             cached_tokens=stats.prompt_eval_cached_count if stats else 0,
             output_tokens=stats.eval_count if stats else 0,
             prefill_s=stats.prompt_eval_duration / 1e9 if stats else 0.0,
-            decode_s=stats.eval_duration / 1e9 if stats else 0.0))
+            decode_s=stats.eval_duration / 1e9 if stats else 0.0, waited_s=sent - started,
+            load_s=stats.load_duration / 1e9 if stats else 0.0))
         return response
 
     async def _attempt(self, node: int, dispatch: Dispatch, path: str, body: bytes,
@@ -332,6 +335,9 @@ class RequestPath:
             return response
         response = web.StreamResponse(headers={"Content-Type": adapter.stream_content_type,
                                                NODE_HEADER: self.view.ids[node]})
+        cached = request.get(CACHE_STATE)  # what the response cache made of this request
+        if cached is not None:
+            response.headers[CACHE_HEADER] = cached
         await response.prepare(request)
         try:
             await response.write(adapter.feed(reply.first))
@@ -377,6 +383,7 @@ class _Stats(msgspec.Struct):
     prompt_eval_count: int = 0
     prompt_eval_cached_count: int = 0  # set by nodes that report prefix-cache hits
     prompt_eval_duration: int = 0
+    load_duration: int = 0  # the node's load (the sim engine: its queue too), in ns
     eval_count: int = 0
     eval_duration: int = 0
 
