@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -254,6 +255,108 @@ def chaos(
         if path is not None:
             bench.write_json(result[phase], path)
             out.print(f"wrote {path}")
+
+
+@app.command()
+def sync(
+    nodes: Annotated[int, typer.Option(min=1, help="Receiving nodes (processes).")] = 8,
+    size_mb: Annotated[float, typer.Option(min=0.1, help="Blob size in MB (10^6 bytes).")] = 64.0,
+    upload_mbps: Annotated[float, typer.Option(
+        min=0.1, help="Every node's upload limit, MB/s (its token bucket).")] = 20.0,
+    chunk_kb: Annotated[int, typer.Option(min=64, help="Chunk size in KiB.")] = 1024,
+    max_sources: Annotated[int, typer.Option(min=1, help="Holders a receiver pulls from at once.")
+                           ] = 8,
+    naive: Annotated[bool, typer.Option(help="Also time everyone pulling from the origin.")
+                     ] = True,
+    unthrottled: Annotated[bool, typer.Option(
+        help="Instead: one transfer, origin to one receiver, no limits (bytes/s).")] = False,
+    work_dir: Annotated[Path | None, typer.Option(
+        "--dir", help="Where the stores go (e.g. /dev/shm; default: the temp dir).")] = None,
+    json_file: Annotated[Path | None, typer.Option(
+        "--json", help="Also write the results as JSON to this file.")] = None,
+) -> None:
+    """Distribute one blob from an origin to N peer processes on a local etcd, every upload
+    limited: P2P time and naive time against the swarm lower bound, the origin's egress."""
+    from ollamamax.bench import sync as bench
+    from ollamamax.cluster.local_etcd import missing_reason
+
+    reason = missing_reason()
+    if reason:
+        err.print(f"[bold red]error:[/] bench sync needs etcd: {reason}")
+        raise typer.Exit(2)
+    options = bench.Options(nodes=nodes, size_mb=size_mb, upload_mbps=upload_mbps,
+                            chunk_size=chunk_kb << 10, max_sources=max_sources, naive=naive,
+                            work_dir=str(work_dir) if work_dir else None)
+    result = bench.run(options, unthrottled=unthrottled, progress=err.print)
+    out.print(" ".join(f"{k}={v}" for k, v in result.items()), highlight=False)
+    for goal, met in bench.goals(result):
+        out.print(f"goal: {goal}: " + ("[green]met[/]" if met else "[red]missed[/]"),
+                  highlight=False)
+    if json_file is not None:
+        bench.write_json(result, json_file)
+        out.print(f"wrote {json_file}")
+
+@app.command()
+def cache(
+    json_file: Annotated[Path | None, typer.Option(
+        "--json", help="Also write the results as JSON to this file.")] = None,
+    requests: Annotated[int, typer.Option(min=1, help="Requests of the workload.")] = 1500,
+    concurrency: Annotated[int, typer.Option(min=1, help="Requests in flight.")] = 8,
+    pairs: Annotated[int, typer.Option(
+        min=1, help="New chunks sent to both gateways to measure what a miss adds.")] = 400,
+    tiers: Annotated[str, typer.Option(help="The cached gateway's tiers, in order.")
+                     ] = "memory,disk",
+    tiny: Annotated[bool, typer.Option(
+        help="Use the tiny random model even if the SmolLM2 demo model is installed.")] = False,
+    quick: Annotated[bool, typer.Option(help="A tiny smoke run.")] = False,
+) -> None:
+    """A retrieval-style embedding workload (70% of chunks repeat) through a gateway with the
+    response cache and one without, over one llamacpp node: throughput, hit ratio per tier,
+    hit p50 and what a miss adds."""
+    from dataclasses import replace
+
+    from ollamamax.bench import cache as bench
+
+    names = tuple(t.strip() for t in tiers.split(",") if t.strip())
+    options = bench.CacheBenchOptions.quick() if quick else bench.CacheBenchOptions(
+        requests=requests, concurrency=concurrency, pairs=pairs)
+    try:
+        options = replace(options, tiers=names, tiny=tiny)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--tiers") from None
+    report = bench.run(options, progress=err.print)
+    for line in bench.summary(report):
+        out.print(line, highlight=False)
+    if json_file is not None:
+        report.write_json(json_file)
+        out.print(f"wrote {json_file}")
+    if report.errors:
+        raise typer.Exit(1)
+
+
+@app.command()
+def pull(
+    size_mb: Annotated[float, typer.Option(min=0.1, help="Blob size in MB (10^6 bytes).")] = 512.0,
+    parts: Annotated[str, typer.Option(help="Part counts to time, comma-separated.")] = "1,4,16",
+    repeat: Annotated[int, typer.Option(min=1, help="Pulls timed per part count (best kept).")
+                      ] = 3,
+    work_dir: Annotated[Path | None, typer.Option(
+        "--dir", help="Where the stores go (default: the temp dir).")] = None,
+    json_file: Annotated[Path | None, typer.Option(
+        "--json", help="Also write the results as JSON to this file.")] = None,
+) -> None:
+    """Pull one blob from `ollamamax testing registry` on loopback, verified, in 1, 4 and 16
+    parallel parts: seconds and MB/s, and sha256's own speed for comparison."""
+    from ollamamax.bench import pull as bench
+
+    counts = tuple(int(p) for p in parts.split(",") if p.strip())
+    result = bench.run(bench.Options(size_mb=size_mb, parts=counts, repeat=repeat,
+                                     work_dir=str(work_dir) if work_dir else None),
+                       progress=err.print)
+    out.print(json.dumps(result), highlight=False, soft_wrap=True)
+    if json_file is not None:
+        bench.write_json(result, json_file)
+        out.print(f"wrote {json_file}")
 
 
 def _levels(text: str) -> tuple[int, ...]:

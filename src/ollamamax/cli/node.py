@@ -99,9 +99,14 @@ def drain(
         except LookupError as exc:
             raise typer.BadParameter(str(exc)) from None
         return
+    from ollamamax.security import cluster, tls
+
     request = urllib.request.Request(url.rstrip("/") + "/admin/drain",
-                                     method="DELETE" if undo else "POST")
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+                                     method="DELETE" if undo else "POST",
+                                     headers=cluster.headers_for(conf.security))
+    opener = urllib.request.build_opener(
+        urllib.request.ProxyHandler({}),
+        urllib.request.HTTPSHandler(context=tls.client_context(conf.security)))
     with opener.open(request, timeout=10) as reply:
         state = json.loads(reply.read())
     print(f"{url}: {'draining' if state['draining'] else 'taking requests'}, "
@@ -111,14 +116,19 @@ def drain(
 async def run_node(conf: cfg.Config, announce_file: str | None = None) -> None:
     from ollamamax.cluster import wiring  # cluster mode only: not on every CLI start
     from ollamamax.cluster.records import DrainOrder
+    from ollamamax.security import cluster, tls
 
     engine = engines.create(conf.node)
-    agent = NodeAgent(conf.node, engine)
-    runner, url = await server.start_site(agent.app(), conf.node.listen, shutdown_timeout=2.0)
+    agent = NodeAgent(conf.node, engine, conf.security, sync=conf.sync)
+    runner, url = await server.start_site(agent.app(), conf.node.listen, shutdown_timeout=2.0,
+                                          ssl_context=tls.server_context(conf.security,
+                                                                         mutual=True))
     agent.url = conf.node.advertise_url or url
     if not conf.node.id:
         agent.node_id = f"{socket.gethostname()}-{url.rpartition(':')[2]}"
     log.info("node %s serving %s engine on %s", agent.node_id, engine.name, url)
+    if warning := cluster.open_warning(conf.node.listen, agent.cluster_token):
+        log.warning("%s", warning)
     presence = None
     try:
         presence = await wiring.join(conf, agent)  # cluster mode (etcd) or LAN discovery

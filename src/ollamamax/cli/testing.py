@@ -13,7 +13,7 @@ from ollamamax.cli.options import AnnounceFile, LogFormat, LogLevel
 log = logging.getLogger("ollamamax.testing")
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
-                  help="Tools for testing OllamaMax: a fault-injecting proxy.")
+                  help="Tools for testing OllamaMax: a fault-injecting proxy, a model registry.")
 
 
 @app.command()
@@ -43,6 +43,22 @@ def faultproxy(
     toxics = [Toxic.parse(spec) for spec in toxic or ()]
     logs.setup(log_level or "info", log_format or "text")
     server.run(_serve(upstream, listen, toxics, api, seed, announce_file))
+
+
+@app.command()
+def registry(
+    dir: Annotated[str, typer.Option("--dir", help="A models folder in Ollama's layout.")],
+    listen: Annotated[str, typer.Option(help="HOST:PORT to listen on (port 0: any free).")
+                      ] = "127.0.0.1:0",
+    redirect: Annotated[bool, typer.Option(
+        help="Answer blob requests with a 307 to /cdn/..., as the real registry does.")] = False,
+    announce_file: AnnounceFile = None,
+) -> None:
+    """An Ollama registry serving a models folder (manifests and blobs, Range, HEAD), for
+    `ollamamax models pull NAME --registry URL` and `ollama pull` tests."""
+    from ollamamax.testing.registry import serve
+
+    server.run(serve(dir, listen, redirect, announce_file))
 
 
 async def _serve(upstream: str, listen: str, toxics: list, api: str | None, seed: int | None,

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from ollamamax.metrics import GatewayMetrics
     from ollamamax.node.agent import NodeAgent
     from ollamamax.scheduler.view import ClusterView
+    from ollamamax.sync.service import SyncService
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ async def agent_telemetry(agent: NodeAgent) -> dict[str, Any]:
                              await agent.engine.tags(), agent.engine.load_status(),
                              agent.in_flight, agent.started)
     doc["draining"] = agent.draining
+    doc["disk"] = telemetry.disk(agent.config.models_dir)  # where sync may place models
     return doc
 
 
@@ -75,6 +77,7 @@ class NodePresence:
 
     def __init__(self, membership: NodeMembership | None, advertiser: Advertiser | None) -> None:
         self.membership, self.advertiser = membership, advertiser
+        self.sync: SyncService | None = None  # model sync (etcd only): sync/service.py
 
     async def drain(self, order: DrainOrder) -> None:
         """Tell every gateway now (the drain key), not at the next telemetry write."""
@@ -85,6 +88,9 @@ class NodePresence:
         if self.advertiser is not None:
             with contextlib.suppress(Exception):  # best effort: the process is stopping
                 await self.advertiser.stop()
+        if self.sync is not None:
+            with contextlib.suppress(Exception):  # best effort: the lease takes its keys
+                await self.sync.stop()
         await _leave(self.membership)
 
 
@@ -102,6 +108,16 @@ async def join(conf: Config, agent: NodeAgent) -> NodePresence | None:
         await advertiser.start()
     presence = NodePresence(await _register(conf, agent) if cluster.store == "etcd" else None,
                             advertiser)
+    if presence.membership is not None:
+        from ollamamax.sync import service  # model sync: placement, transfers, versions
+
+        try:
+            presence.sync = await service.start(conf, agent, presence.membership)
+        except Exception:  # the node still serves; only sync is missing
+            log.exception("unexpected error starting model sync on %s", agent.node_id)
+        except BaseException:
+            await presence.leave()
+            raise
     return presence
 
 

@@ -5,7 +5,10 @@
 
 A model's digest (what ``/api/tags`` shows) is the sha256 of its manifest file. Blobs become
 visible only once complete and verified: they are written to a temporary name, fsynced and
-renamed, so a crash never leaves a half blob that looks whole.
+renamed, so a crash never leaves a half blob that looks whole. Downloads in progress and their
+bookkeeping live in ``<root>/.ollamamax/`` (``partial/``), a folder Ollama never reads, so the
+store stays usable by a real Ollama. Removing a model deletes a blob only when no other
+manifest refers to it.
 """
 
 from __future__ import annotations
@@ -60,6 +63,11 @@ class LocalModel:
         )
 
     @property
+    def blob_digests(self) -> list[str]:
+        """Every blob the manifest refers to (config first), as ``sha256:<hex>``."""
+        return _manifest_digests(self.manifest)
+
+    @property
     def model_layer(self) -> dict[str, Any]:
         for layer in self.manifest.get("layers", []):
             if layer.get("mediaType") == MODEL_MEDIA_TYPE:
@@ -91,11 +99,22 @@ class LocalModel:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class BlobProblem:
+    """A blob `verify` found wrong: ``missing`` (a manifest needs it) or ``corrupt``."""
+
+    digest: str  # sha256:<hex>, what the blob should hash to
+    problem: str  # "missing" | "corrupt"
+    detail: str  # a sentence for people
+
+
 class ModelStore:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
         self.blobs = self.root / "blobs"
         self.manifests = self.root / "manifests"
+        # ours, never read by Ollama: downloads in progress and their sidecar state
+        self.partial = self.root / ".ollamamax" / "partial"
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -128,6 +147,58 @@ class ModelStore:
     def model_file(self, model: LocalModel) -> Path:
         """The GGUF file of `model`."""
         return self.blob_path(model.model_layer["digest"])
+
+    def references(self) -> dict[str, set[str]]:
+        """Every blob some manifest refers to -> the keys of the models that do."""
+        refs: dict[str, set[str]] = {}
+        for path in self._manifest_files():
+            try:
+                manifest = msgspec.json.decode(path.read_bytes())
+                digests = _manifest_digests(manifest)
+            except (OSError, msgspec.DecodeError, BadRequest, AttributeError, TypeError, KeyError):
+                continue  # not a manifest: it protects nothing
+            key = names.ModelName(*path.relative_to(self.manifests).parts).key
+            for digest in digests:
+                refs.setdefault(digest, set()).add(key)
+        return refs
+
+    def local_blobs(self) -> list[str]:
+        """The digests of every complete blob in the store, sorted."""
+        if not self.blobs.is_dir():
+            return []
+        found = []
+        for path in self.blobs.iterdir():
+            match = _DIGEST.match(path.name)
+            if match is not None and path.is_file():
+                found.append(f"sha256:{match.group(1)}")
+        return sorted(found)
+
+    # -- checking --------------------------------------------------------------------------
+
+    def verify(self, name: str | None = None) -> list[BlobProblem]:
+        """Re-hash the blobs of `name` (default: every blob, and every blob a manifest needs).
+
+        Returns what is wrong, sorted by digest; an empty list means all is well."""
+        if name is not None:
+            wanted = self.get(name).blob_digests
+        else:
+            wanted = sorted(set(self.local_blobs()) | set(self.references()))
+        problems = []
+        for digest in dict.fromkeys(wanted):
+            problem = self._check_blob(digest)
+            if problem is not None:
+                problems.append(problem)
+        return sorted(problems, key=lambda p: p.digest)
+
+    def _check_blob(self, digest: str) -> BlobProblem | None:
+        path = self.blob_path(digest)
+        try:
+            actual = hash_file(path)
+        except FileNotFoundError:
+            return BlobProblem(digest, "missing", f"{digest} is missing")
+        if actual != digest:
+            return BlobProblem(digest, "corrupt", f"{digest} hashes to {actual}")
+        return None
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -182,18 +253,79 @@ class ModelStore:
         return name, final.stat().st_size
 
     def write_manifest(self, name: str, manifest: dict[str, Any]) -> LocalModel:
+        return self.write_manifest_bytes(name, msgspec.json.encode(manifest))
+
+    def write_manifest_bytes(self, name: str, raw: bytes) -> LocalModel:
+        """Tag `raw` (a manifest, byte for byte: its sha256 is the model's digest) as `name`.
+
+        Refused unless every blob it refers to is already in the store."""
         parsed = names.parse(name)
-        for ref in [manifest["config"], *manifest["layers"]]:
-            if not self.has_blob(ref["digest"]):
-                raise BadRequest(f"manifest of {parsed.short} refers to missing blob {ref['digest']}")
+        try:
+            digests = _manifest_digests(msgspec.json.decode(raw))
+        except (msgspec.DecodeError, AttributeError, TypeError, KeyError):
+            raise BadRequest(f"manifest of {parsed.short} is not a valid manifest") from None
+        for digest in digests:
+            if not self.has_blob(digest):
+                raise BadRequest(f"manifest of {parsed.short} refers to missing blob {digest}")
         path = self.manifests.joinpath(*parsed.manifest_parts)
         path.parent.mkdir(parents=True, exist_ok=True)
         with _atomic_file(path.parent) as (tmp, out):
-            out.write(msgspec.json.encode(manifest))
+            out.write(raw)
         os.replace(tmp, path)
         model = self._read(path)
         assert model is not None
         return model
+
+    def adopt_blob(self, path: Path, expected: str) -> tuple[str, int]:
+        """Move a finished download at `path` (on the store's filesystem) into the store.
+
+        It is hashed first; on a mismatch it is deleted and `BadRequest` raised, so only a
+        verified blob ever gets a name Ollama would read."""
+        final = self.blob_path(expected)
+        actual = hash_file(path)
+        if actual != f"sha256:{check_digest(expected)}":
+            path.unlink(missing_ok=True)
+            raise BadRequest(f"digest mismatch: expected {expected}, got {actual}")
+        with path.open("rb+") as f:
+            os.fsync(f.fileno())
+        self.blobs.mkdir(parents=True, exist_ok=True)
+        size = path.stat().st_size
+        os.replace(path, final)
+        return expected, size
+
+    def commit_verified_blob(self, path: Path, digest: str) -> int:
+        """Move a file into the store that the caller already hashed to `digest` (a peer
+        transfer hashes the blob as its chunks arrive, so `adopt_blob`'s second pass would be
+        wasted): fsync, then rename on the store's filesystem. Returns its size."""
+        final = self.blob_path(digest)
+        with path.open("rb+") as f:
+            os.fsync(f.fileno())
+        self.blobs.mkdir(parents=True, exist_ok=True)
+        size = path.stat().st_size
+        os.replace(path, final)
+        return size
+
+    def remove(self, name: str) -> list[str]:
+        """Delete the model `name`, then each of its blobs that no other manifest refers to.
+
+        Returns the digests deleted. The manifest goes first: a crash in between leaves a blob
+        nobody refers to, never a manifest without its blobs."""
+        model = self.get(name)
+        path = self.manifests.joinpath(*model.name.manifest_parts)
+        path.unlink()
+        for parent in path.parents:  # tidy empty <host>/<namespace>/<model> folders
+            if parent == self.manifests:
+                break
+            with contextlib.suppress(OSError):
+                parent.rmdir()
+        still_used = self.references()
+        deleted = []
+        for digest in dict.fromkeys(model.blob_digests):
+            if digest not in still_used:
+                with contextlib.suppress(FileNotFoundError):
+                    self.blob_path(digest).unlink()
+                    deleted.append(digest)
+        return deleted
 
     # -- internals -------------------------------------------------------------------------
 
@@ -216,6 +348,21 @@ class ModelStore:
         except (OSError, ValueError, KeyError, TypeError, msgspec.DecodeError, BadRequest):
             return None
         return LocalModel(name, manifest, hashlib.sha256(raw).hexdigest(), mtime, config)
+
+
+def hash_file(path: Path) -> str:
+    """``sha256:<hex>`` of a file (hashlib releases the GIL: fine in a worker thread)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return f"sha256:{digest.hexdigest()}"
+
+
+def _manifest_digests(manifest: dict[str, Any]) -> list[str]:
+    """The blobs a manifest refers to, config first, each checked and as ``sha256:<hex>``."""
+    refs = [manifest["config"], *manifest.get("layers", [])]
+    return [f"sha256:{check_digest(ref['digest'])}" for ref in refs]
 
 
 @contextlib.contextmanager

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -17,6 +18,24 @@ def memory() -> dict[str, int]:
     vm = psutil.virtual_memory()
     return {"rss_bytes": _PROCESS.memory_info().rss, "total_bytes": vm.total,
             "available_bytes": vm.available}
+
+
+DISK_QUANTUM = 64 << 20  # free disk is reported in steps of this, so writes do not churn it
+
+
+def disk(path: str) -> dict[str, int]:
+    """Free and total bytes of the filesystem holding `path` (the model store), free rounded
+    down to `DISK_QUANTUM`: what the sync planner reads to place models. The nearest existing
+    parent is asked when the store does not exist yet; empty when nothing can be asked (the
+    planner then assumes room rather than none)."""
+    at = Path(os.path.expanduser(path))
+    while not at.exists() and at != at.parent:
+        at = at.parent
+    try:
+        usage = psutil.disk_usage(str(at))
+    except OSError:
+        return {}
+    return {"free_bytes": usage.free // DISK_QUANTUM * DISK_QUANTUM, "total_bytes": usage.total}
 
 
 def snapshot(node_id: str, engine: str, url: str, models: list[dict[str, Any]],

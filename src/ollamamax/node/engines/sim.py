@@ -172,6 +172,25 @@ class SimEngine(ResidentEngine):
                 return await super().show(request)
         return simulated_show(model, self.profile)
 
+    # -- Ollama's model creation API (/api/blobs/:digest, /api/create with files) ----------
+
+    async def has_blob(self, digest: str) -> bool:
+        return self.store.has_blob(digest)
+
+    async def receive_blob(self, digest: str, chunks: AsyncIterator[bytes]) -> int:
+        """Keep an uploaded blob once it hashes to `digest` (`BadRequest` otherwise)."""
+        from ollamamax.sync.install import receive_blob
+
+        return await receive_blob(self.store, digest, chunks)
+
+    async def create(self, name: str, files: dict[str, str]) -> list[dict[str, str]]:
+        """A model from an uploaded GGUF blob; the status lines Ollama streams."""
+        from ollamamax.sync.install import create_from_files, create_statuses
+
+        model = await asyncio.to_thread(create_from_files, self.store, name, files)
+        log.info("created %s from %s", model.name.short, ", ".join(files.values()))
+        return create_statuses(model)
+
     async def _load(self, model: str) -> SimRunner:
         size = self.local_model(model).size
         await self._pause(timing.load_time(self.profile, size))
@@ -237,11 +256,14 @@ class SimEngine(ResidentEngine):
         runner.cache.insert(blocks)
 
     def _limit(self, options: Options, prompt_tokens: int) -> int | None:
-        """Ollama's num_predict: -1 (or unset) is no limit, -2 fills the context."""
+        """Ollama's num_predict: -1 (or unset) is no limit, -2 fills the context, and never
+        more than 10 contexts (Ollama's cap: a num_predict of 2**62 must not run forever)."""
         limit = options.num_predict
         if limit == -2:
             return max(self.config.num_ctx - prompt_tokens, 0)
-        return limit if limit is not None and limit >= 0 else None
+        if limit is None or limit < 0:
+            return None
+        return min(limit, 10 * self.config.num_ctx)
 
     # -- embeddings ------------------------------------------------------------------------
 
