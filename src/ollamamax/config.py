@@ -202,10 +202,27 @@ class SecurityConfig(_Section):
 
     cluster_token: str = ""  # shared secret between gateways and nodes, and between nodes
     cluster_token_file: str = ""  # the same, read from a file (first line)
+    keys_file: str = ""  # the gateway's API keys, hashed (`ollamamax keys`); "": no keys, open
+    keys_reload_interval: float = 2.0  # seconds between checks of the keys file for changes
+    open_metrics: bool = False  # with keys: /metrics without a key (else an admin key)
+    tls_cert_file: str = ""  # this process's certificate (PEM): its listener speaks https
+    tls_key_file: str = ""  # the certificate's private key (PEM)
+    tls_client_ca_file: str = ""  # a node requires client certificates signed by this CA (mTLS)
+    tls_ca_file: str = ""  # CA that signs the nodes' certificates ("": the system's)
+    tls_client_cert_file: str = ""  # the certificate a gateway presents to mTLS nodes
+    tls_client_key_file: str = ""  # its private key
 
     def __post_init__(self) -> None:
         if self.cluster_token and self.cluster_token_file:
             raise ValueError("security.cluster_token and security.cluster_token_file are exclusive")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("security.tls_cert_file and security.tls_key_file go together")
+        if bool(self.tls_client_cert_file) != bool(self.tls_client_key_file):
+            raise ValueError("security.tls_client_cert_file and tls_client_key_file go together")
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            raise ValueError("security.tls_client_ca_file (mutual TLS) needs tls_cert_file and "
+                             "tls_key_file: client certificates are only asked for over TLS")
+        _positive(self, "keys_reload_interval")
 
     def token(self) -> str:
         """The cluster token ("" when none is configured)."""
@@ -222,9 +239,58 @@ class SecurityConfig(_Section):
 class CacheConfig(_Section):
     """The response cache's tiers (docs/cache.md)."""
 
+    # tiers by name, fastest first; () turns the cache off. The catalogue's sizes (L1 100 MB,
+    # L2 1 GB, L3 10 GB) are the defaults; its TTLs (1 ms, 1 min, 1 h) are not: an answer is
+    # keyed by its model's digest and dropped when the model changes, so it stays valid longer.
+    tiers: tuple[str, ...] = ("memory",)
+    embeddings: bool = True  # embeddings are deterministic: cached unless this is false
+    generations: bool = False  # temperature-0 seeded generations cached without the header opt-in
+    max_entry_bytes: int = 8 << 20  # larger answers are not recorded
+    memory_max_bytes: int = 100 << 20
+    memory_ttl: float = 3600.0  # seconds; 0: until evicted or invalidated
+    disk_dir: str = "~/.cache/ollamamax/responses"
+    disk_max_bytes: int = 1 << 30
+    disk_ttl: float = 86400.0
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_prefix: str = "ollamamax:cache:"
+    redis_max_bytes: int = 10 << 30
+    redis_ttl: float = 86400.0
+
+    def __post_init__(self) -> None:
+        from ollamamax.cache import tier_class
+
+        for name in self.tiers:
+            tier_class(name)  # an unknown name is refused with the valid ones
+        if len(set(self.tiers)) != len(self.tiers):
+            raise ValueError("cache.tiers names a tier twice")
+        _positive(self, "max_entry_bytes", "memory_max_bytes", "disk_max_bytes", "redis_max_bytes")
+        if min(self.memory_ttl, self.disk_ttl, self.redis_ttl) < 0:
+            raise ValueError("cache TTLs must be >= 0 (0: no expiry)")
+
 
 class SyncConfig(_Section):
     """Peer-to-peer model sync: blob service, transfers, placement (docs/sync.md)."""
+
+    chunk_size: int = 8 << 20  # bytes per verified chunk of a blob transfer
+    upload_mbps: float = 0.0  # this node's blob uploads, MB/s (10^6 bytes); 0: unlimited
+    download_mbps: float = 0.0  # this node's blob downloads, MB/s; 0: unlimited
+    max_sources: int = 4  # holders one transfer downloads from at once
+    registry: str = "https://registry.ollama.ai"  # where `models pull` and /api/pull fetch from
+    pull_parts: int = 16  # parallel ranged parts per blob of a registry pull (Ollama's 16)
+    stall_timeout: float = 30.0  # seconds without a byte before a pull part is retried
+    replicas: int = 1  # placement: copies of a model without a desired record (1: no replication)
+    plan_interval: float = 1.0  # seconds between two passes of the elected sync planner
+    scan_interval: float = 2.0  # seconds between two scans of the node's store for changed models
+    parallel_assignments: int = 2  # models one node fetches and installs at once
+
+    def __post_init__(self) -> None:
+        _positive(self, "chunk_size", "max_sources")
+        _positive(self, "pull_parts", "stall_timeout")
+        _positive(self, "replicas", "plan_interval", "scan_interval", "parallel_assignments")
+        if not self.registry.startswith(("http://", "https://")):
+            raise ValueError("sync.registry must be an http(s) URL")
+        if self.upload_mbps < 0 or self.download_mbps < 0:
+            raise ValueError("sync.upload_mbps and sync.download_mbps must be >= 0 (0: unlimited)")
 
 
 class Config(_Section):

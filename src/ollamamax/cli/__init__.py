@@ -37,6 +37,9 @@ def _register() -> None:
     app.command(name="status")(status.status)
     app.command(name="top")(status.top)
     app.add_typer(alerts.app, name="alerts")
+    from ollamamax.cli import keys
+
+    app.add_typer(keys.app, name="keys")
 
 
 def main() -> None:

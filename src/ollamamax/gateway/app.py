@@ -1,10 +1,13 @@
 """The gateway: one Ollama (and OpenAI) endpoint in front of many nodes.
 
     Ollama  POST /api/chat /api/generate /api/embed /api/embeddings /api/show
+            POST /api/pull (into one node, the one with the most free disk: gateway.pull)
             GET  /api/tags (union over nodes) /api/ps (what is loaded where) /api/version  /
     OpenAI  POST /v1/chat/completions /v1/completions /v1/embeddings
             GET  /v1/models /v1/models/{model}
     Own     GET  /health /metrics /admin/nodes
+            (with API keys, `security.middleware`: / and /health open, /admin/*, /dashboard
+            and /metrics an admin key, the rest any key)
             GET /admin/flags, PUT /admin/flags/{name}, POST /admin/flags/{name}/rollback
             GET  /dashboard /dashboard/events /admin/status /admin/alerts (dashboard.routes)
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -25,6 +29,8 @@ from ollamamax import OLLAMA_API_VERSION, __version__
 from ollamamax.api import ollama_types as ot
 from ollamamax.api.errors import error_middleware
 from ollamamax.api.http import json_response, read_body, root
+from ollamamax.cache.responses import ResponseCache, open_tiers
+from ollamamax.cache.stack import CacheStack
 from ollamamax.cluster import wiring
 from ollamamax.config import Config
 from ollamamax.errors import ConfigError, NotFound
@@ -41,13 +47,31 @@ from ollamamax.metrics import CONTENT_TYPE, GatewayMetrics
 from ollamamax.models.names import try_key
 from ollamamax.observability import request_ids
 from ollamamax.observability.monitor import Monitor, observed_router
-from ollamamax.scheduler import ClusterView
+from ollamamax.scheduler import ClusterView, RouteRequest
 from ollamamax.scheduler.prewarm import Prewarmer
 from ollamamax.scheduler.queue import AdmissionQueue
 
 log = logging.getLogger(__name__)
 
-_UNSUPPORTED = ("pull", "push", "create", "delete", "copy")
+_UNSUPPORTED = ("push", "create", "delete", "copy")
+
+
+def _guard(config: Config, metrics: GatewayMetrics) -> Any:
+    if not config.security.keys_file:
+        return None
+    from ollamamax.security.middleware import Guard
+
+    return Guard(config.security, metrics=metrics)
+
+
+def _response_cache(config: Config, metrics: GatewayMetrics) -> ResponseCache | None:
+    """The response cache of `[cache]` (docs/cache.md), its counters read by `metrics`."""
+    if not config.cache.tiers:
+        return None
+    stack = CacheStack(open_tiers(config.cache), metrics.observed.cache.inc)
+    metrics.read_cache(lambda: [(t.name, t.evictions, t.bytes) for t in stack.tiers],
+                       lambda: stack.invalidations)
+    return ResponseCache(config.cache, stack)
 
 
 def parse_backend(spec: str) -> tuple[str, str]:
@@ -69,7 +93,9 @@ class Gateway:
         for spec in config.gateway.backends:
             self.view.add(*parse_backend(spec))
         self.metrics = GatewayMetrics()
-        self.upstream = Upstream(config.gateway)
+        self.upstream = Upstream(config.gateway, config.security)
+        # API keys (SECURITY.md): no guard at all unless a keys file is configured
+        self.guard = _guard(config, self.metrics)
         sched = config.scheduler
         self.flags = admin_flags.gateway_flags(config)
         self.scheduler = admin_flags.flagged_scheduler(self.flags, self.view, sched.queue)
@@ -94,6 +120,7 @@ class Gateway:
         self.prewarm: PrewarmLoop | None = None  # with scheduler.prewarm
         self._prewarm_task: asyncio.Task[None] | None = None
         self.max_body = config.gateway.max_body_bytes
+        self.cache = _response_cache(config, self.metrics)  # None: [cache] tiers = []
         self.monitor = Monitor(self)  # samples, alert rules, the dashboard (docs/metrics.md)
 
     def app(self) -> web.Application:
@@ -105,6 +132,7 @@ class Gateway:
         get("/api/tags", self.tags)
         get("/api/ps", self.ps)
         add("POST", "/api/show", self.show)
+        add("POST", "/api/pull", self.pull)
         add("POST", "/api/chat", self.chat)
         add("POST", "/api/generate", self.generate)
         add("POST", "/api/embed", self.embed)
@@ -122,6 +150,8 @@ class Gateway:
         from ollamamax.dashboard import routes as dashboard
 
         dashboard.install(app, self.monitor)
+        if self.guard is not None:
+            self.guard.install(app)
         return app
 
     def _add_openai_routes(self, app: web.Application) -> None:
@@ -130,6 +160,8 @@ class Gateway:
         openai_routes.add_routes(app, self)
 
     async def _start(self, app: web.Application) -> None:
+        if self.cache is not None:
+            await self.cache.start()
         await self.cluster.start()
         for sentence in await self.health.tick():  # a warm view before the first request
             log.info("%s", sentence)
@@ -153,12 +185,19 @@ class Gateway:
         if self.prewarm is not None:
             await self.prewarm.close()
         await self.cluster.stop()
+        if self.cache is not None:
+            await self.cache.close()
         await self.path.close()
         await self.upstream.close()
 
     def _capacity_changed(self) -> None:
-        """Telemetry arrived: held requests may fit where slots freed."""
+        """Telemetry arrived: held requests may fit where slots freed; a model's digest may
+        have changed (its cached answers are dropped)."""
         self.path.deliver_ticks()
+        if self.cache is not None:
+            for digest in self.cache.models_changed(self.view):
+                log.info("a model's digest %s was replaced: its cached answers are dropped",
+                         digest)
 
     # -- inference -----------------------------------------------------------------------
 
@@ -188,12 +227,47 @@ class Gateway:
         req = ot.decode(body, ot.ShowRequest)
         return await self.forward(request, "show", req, "/api/show", body, False)
 
+    async def pull(self, request: web.Request) -> web.StreamResponse:
+        """Into one node; the sync planner replicates it from there (gateway.pull)."""
+        from ollamamax.gateway import pull
+
+        return await pull.forward(request, self.view, self.upstream,
+                                  await read_body(request, self.max_body),
+                                  self.config.gateway.connect_timeout)
+
     async def forward(self, request: web.Request, endpoint: str, req: Request, path: str,
                       body: bytes, stream: bool, adapter: Adapter | None = None,
                       ) -> web.StreamResponse:
         route = route_request(endpoint, req, request.headers, stream)
-        return await self.path.forward(request, route, req.model_name, path, body,
-                                       adapter or OllamaPassthrough())
+        cache = self.cache
+        if cache is not None and endpoint in cache.endpoints:
+            model = req.model_name
+
+            async def send(through: Adapter) -> web.StreamResponse:
+                if self.guard is None:
+                    return await self.path.forward(request, route, model, path, body, through)
+                return await self._forward_as_key(request, route, model, path, body, through)
+
+            return await cache.serve(request, route, getattr(req, "options", None), path, body,
+                                     adapter or OllamaPassthrough(), send)
+        if self.guard is None:
+            return await self.path.forward(request, route, req.model_name, path, body,
+                                           adapter or OllamaPassthrough())
+        return await self._forward_as_key(request, route, req.model_name, path, body,
+                                          adapter or OllamaPassthrough())
+
+    async def _forward_as_key(self, request: web.Request, route: RouteRequest, model: str,
+                              path: str, body: bytes, adapter: Adapter) -> web.StreamResponse:
+        """The key's name is the request's identity in the admission queue; its tokens are
+        charged to its quota once the answer is complete."""
+        from ollamamax.security.middleware import KEY
+
+        record = request.get(KEY)
+        if record is not None:
+            route = dataclasses.replace(route, key=record.name)
+        assert self.guard is not None
+        return await self.guard.metered(  # type: ignore[no-any-return]
+            request, lambda a: self.path.forward(request, route, model, path, body, a), adapter)
 
     # -- the cluster as one Ollama ---------------------------------------------------------
 
