@@ -54,6 +54,10 @@ SENDING_HEADER = "X-OllamaMax-Sending"  # byte ranges being sent: "a-b,c-d" (hal
 INSIST_HEADER = "X-OllamaMax-Insist"  # a receiver that waited: no 409 for recent chunks
 RECENT_S = 2.0  # a chunk sent this recently is declined by a busy complete holder
 PIECE = 256 << 10  # bytes written (and paced) at a time when not sending with sendfile
+# uvloop has no loop.sendfile: aiohttp then reads the file in a worker thread, one piece at a
+# time; larger pieces mean fewer thread hops (measured: 256 KiB pieces held one unthrottled
+# transfer to ~300 MB/s on two cores)
+FILE_PIECE = 4 << 20
 MAX_CHUNK = 1 << 30
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
@@ -287,7 +291,7 @@ class _CountedFile(web.FileResponse):
 
     def __init__(self, path: Path, service: BlobService, hex_: str,
                  span: tuple[int, int]) -> None:
-        super().__init__(path, chunk_size=PIECE)
+        super().__init__(path, chunk_size=FILE_PIECE)
         self._service, self._hex, self._span = service, hex_, span
 
     async def prepare(self, request: web.BaseRequest) -> Any:
