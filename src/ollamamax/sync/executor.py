@@ -24,8 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -35,8 +33,8 @@ import msgspec
 
 from ollamamax.cluster.store import EventType, Store
 from ollamamax.errors import BadRequest, Compacted, LeaseNotFound, OllamaMaxError, StoreError
-from ollamamax.models import names
 from ollamamax.models.store import ModelStore
+from ollamamax.sync.chunks import write_atomic
 from ollamamax.sync.desired import SyncKeys, quote
 from ollamamax.sync.hlc import HLC, ZERO, HybridClock
 from ollamamax.sync.planner import Assignment, decode_assignment
@@ -142,11 +140,7 @@ class LocalVersions:
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        data = msgspec.json.encode(_State(tuple(self.clock.last), self.known))
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".tmp-")
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        os.replace(tmp, self.path)
+        write_atomic(self.path, msgspec.json.encode(_State(tuple(self.clock.last), self.known)))
 
 
 def write_manifest_text(store: ModelStore, model: str, text: str, digest: str) -> None:
@@ -155,23 +149,7 @@ def write_manifest_text(store: ModelStore, model: str, text: str, digest: str) -
     raw = text.encode()
     if manifest_digest(raw) != digest:
         raise BadRequest(f"manifest of {model} does not hash to {digest}")
-    manifest = msgspec.json.decode(raw)
-    for ref in [manifest["config"], *manifest.get("layers", [])]:
-        if not store.has_blob(ref["digest"]):
-            raise BadRequest(f"manifest of {model} refers to missing blob {ref['digest']}")
-    path = store.manifests.joinpath(*names.parse(model).manifest_parts)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(raw)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    store.write_manifest_bytes(model, raw)
 
 
 # -- the executor ------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ollamamax.cli import _register, app
+from ollamamax.errors import ModelNotFound
 from ollamamax.models.store import ModelStore
 from ollamamax.supervisor import Supervisor
 from ollamamax.testing.etcd import LocalEtcd, missing_reason
@@ -56,6 +57,14 @@ def cli(*args: str, env: dict[str, str] | None = None) -> str:
     result = CliRunner().invoke(app, list(args), env={**(env or {}), "COLUMNS": "300"})
     assert result.exit_code == 0, result.output
     return result.output
+
+
+def held(store: ModelStore) -> str | None:
+    """The digest of the store's copy of the model, None while it has none."""
+    try:
+        return store.get(MODEL).digest
+    except ModelNotFound:
+        return None
 
 
 def verified(store: ModelStore, digest: str) -> bool:
@@ -106,6 +115,8 @@ def test_an_imported_model_reaches_every_node_and_the_ollama_behind_one(etcd, tm
         for name in ("node-2", "node-3"):
             wait_for(lambda name=name: tags(urls[name]).get(MODEL) == digest, 30,
                      f"{MODEL} on {name}")
+        # the ollama-engine node's own store gets its copy too (replicas 4): wait for it
+        wait_for(lambda: held(ModelStore(stores["node-4"])) == digest, 30, f"{MODEL} on node-4")
         for name, store in stores.items():
             assert verified(ModelStore(store), digest), name
         wait_for(lambda: MODEL in tags(ollama_url), 30, f"{MODEL} installed into the Ollama")
