@@ -384,3 +384,18 @@ def parse_listen(listen: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or int(port) > 65535:
         raise ConfigError(f"listen address {listen!r} must look like HOST:PORT")
     return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def is_loopback_url(url: str) -> bool:
+    """True when `url` names this machine (localhost or a loopback address): no proxy from
+    the environment should stand between us and it."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -3,13 +3,11 @@ same, live, refreshed every second), both from a gateway's ``GET /admin/status``
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import time
 import urllib.error
 import urllib.request
 from typing import Annotated, Any
-from urllib.parse import urlsplit
 
 import typer
 from rich.console import Console, Group, RenderableType
@@ -18,6 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ollamamax.cli.options import ApiKey, auth_headers, error_text, refusal
+from ollamamax.config import is_loopback_url
 
 DEFAULT_GATEWAY = "http://127.0.0.1:11434"
 SPARK = "▁▂▃▄▅▆▇█"
@@ -36,7 +35,7 @@ def fetch(gateway: str, path: str, timeout: float = 5.0, api_key: str | None = N
     directly, never through an HTTP proxy."""
     url = gateway.rstrip("/") + path
     opener = urllib.request.build_opener(
-        *([urllib.request.ProxyHandler({})] if _local(url) else []))
+        *([urllib.request.ProxyHandler({})] if is_loopback_url(url) else []))
     try:
         with opener.open(urllib.request.Request(url, headers=auth_headers(api_key)),
                          timeout=timeout) as reply:
@@ -52,16 +51,6 @@ def fetch(gateway: str, path: str, timeout: float = 5.0, api_key: str | None = N
         err.print(f"[bold red]error:[/] cannot reach the gateway at {gateway}: {reason}",
                   highlight=False)
     raise typer.Exit(2)
-
-
-def _local(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def status(

@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import ipaddress
 import logging
 import math
 import os
@@ -39,12 +38,11 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
-from urllib.parse import urlsplit
 
 import aiohttp
 import msgspec
 
-from ollamamax.config import SyncConfig
+from ollamamax.config import SyncConfig, is_loopback_url
 from ollamamax.errors import BadRequest, NotFound, OllamaMaxError, Unavailable
 from ollamamax.models import names
 from ollamamax.models.store import MANIFEST_MEDIA_TYPE, LocalModel, ModelStore, check_digest
@@ -254,7 +252,7 @@ class Puller:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout,
                                         sock_read=self.config.stall_timeout)
         return aiohttp.ClientSession(timeout=timeout, auto_decompress=False,
-                                     trust_env=not _is_loopback(base))
+                                     trust_env=not is_loopback_url(base))
 
     async def _manifest(self, session: aiohttp.ClientSession, base: str,
                         name: names.ModelName) -> bytes:
@@ -493,16 +491,6 @@ def _range_starts_at(content_range: str | None, start: int) -> bool:
         return False
     first, _, _ = content_range[6:].partition("-")
     return first.strip() == str(start)
-
-
-def _is_loopback(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _describe(exc: BaseException) -> str:
