@@ -18,10 +18,11 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
+from ollamamax.testing.browser import MISSING as NO_CHROMIUM
+from ollamamax.testing.browser import launch
 from ollamamax.testing.cluster import LocalCluster
 
 MODEL = "m:1b"
-CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).parents[1] / "artifacts"
 NODE_ARGS = ["--sim-profile", "cpu-small", "--sim-speed", "4", "--sim-model", f"{MODEL}=123456",
              "--num-parallel", "2", "--log-format", "json", "--log-level", "debug"]
@@ -254,8 +255,7 @@ def test_status_json_matches_the_cluster(cluster):
     assert "unexpected error" not in cluster.log("gateway")
 
 
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is absent "
-                    "(apt-get install chromium; ./dev.sh test installs it)")
+@pytest.mark.skipif(bool(NO_CHROMIUM), reason=NO_CHROMIUM)
 def test_the_dashboard_shows_nodes_charts_and_an_alert(cluster):
     playwright = pytest.importorskip("playwright.sync_api")
     generate(cluster.url, 3)
@@ -265,10 +265,7 @@ def test_the_dashboard_shows_nodes_charts_and_an_alert(cluster):
 
     def browse() -> None:  # Playwright's sync API, in a thread with no event loop of its own
         with playwright.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                "--no-first-run", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync"])
+            browser = launch(p)
             try:
                 page = browser.new_page(viewport={"width": 1400, "height": 1000})
                 page.goto(cluster.url + "/dashboard")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import ssl
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import ollama
@@ -21,6 +20,8 @@ import trustme
 from ollamamax.security import keys
 from ollamamax.security.cluster import HEADER
 from ollamamax.supervisor import Supervisor
+from ollamamax.testing.browser import MISSING as NO_CHROMIUM
+from ollamamax.testing.browser import launch
 
 pytestmark = pytest.mark.slow
 
@@ -239,20 +240,16 @@ def test_secrets_never_reach_the_logs(secure):
         assert secret not in logs
 
 
-CHROMIUM = "/usr/bin/chromium"
 
 
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is absent")
+@pytest.mark.skipif(bool(NO_CHROMIUM), reason=NO_CHROMIUM)
 def test_the_dashboard_works_in_a_browser_with_an_admin_key(secure):
     playwright = pytest.importorskip("playwright.sync_api")
     seen: dict = {}
 
     def browse() -> None:  # Playwright's sync API, in a thread with no event loop of its own
         with playwright.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                "--no-first-run", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync"])
+            browser = launch(p)
             try:
                 stranger = browser.new_context(ignore_https_errors=True).new_page()
                 seen["no key"] = stranger.goto(secure.url + "/dashboard").status
